@@ -1,0 +1,5 @@
+import sys
+
+from shardgate.cli import main
+
+sys.exit(main())
