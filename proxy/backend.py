@@ -1,0 +1,385 @@
+"""One pipelined connection to a backend node, shared by every client of this proxy process.
+
+How it works (twemproxy's model, measured fastest in performance-notes.md)
+- Client tasks call ``submit``: the encoded request goes on ``wq`` and ``(pending, part)`` on
+  ``waiters``, in the same order. Nothing awaits; the writer task is woken if it sleeps.
+- The writer task runs once per scheduler batch and sends everything queued in one ``send``.
+- The reader task splits replies with ``reply_end`` and pops ``waiters`` in order; each reply
+  completes its client's request, and every client touched by one read is flushed once.
+- The timer task fails requests whose deadline passed (they stay in ``waiters`` as placeholders,
+  so a late reply is matched to its own request and dropped). ``fail_after`` consecutive
+  timeouts drop the connection; while it is not UP, ``submit`` fails requests at once.
+- Sockets are raw and non-blocking: try the syscall first, wait for readiness only on EAGAIN.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from proxy.health import Health, State
+from proxy.ordering import Pending
+from shardgate.logs import log_event
+from shardgate.metrics import FastHistogram
+from shardgate.resp import ReplyError, encode_command, reply_end
+
+TICK = 0.01  # timeout checks every 10 ms: errors arrive within timeout + ~10 ms
+RECV_SIZE = 256 * 1024
+FAIR_BATCHES = 8  # successful reads in a row before yielding to other tasks
+
+
+class BackendLost(Exception):
+    """The connection is unusable; every waiting request gets ``reason`` as its error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BackendConn:
+    __slots__ = (
+        "_expired",
+        "_lost",
+        "_reader_task",
+        "_writer_task",
+        "address",
+        "busy_error",
+        "down_error",
+        "errors",
+        "health",
+        "label",
+        "latency",
+        "max_queue",
+        "on_flush",
+        "password",
+        "requests",
+        "scope",
+        "timeout",
+        "timeout_error",
+        "timeouts",
+        "up",
+        "waiters",
+        "wq",
+    )
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        label: str,
+        timeout: float,
+        max_queue: int,
+        fail_after: int,
+        reconnect_interval: float,
+        password: str | None,
+        latency: FastHistogram,
+        on_flush: Callable[[list[Any]], None],
+    ) -> None:
+        self.address = address
+        self.label = label
+        self.timeout = timeout
+        self.max_queue = max_queue
+        self.password = password
+        self.latency = latency
+        self.on_flush = on_flush  # flushes the clients a batch of replies touched
+        self.health = Health(fail_after=fail_after, interval=reconnect_interval)
+        self.up = False
+        self.wq: list[bytes] = []
+        self.waiters: deque[tuple[Pending, int]] = deque()
+        self._expired = 0  # waiters at the head that already timed out
+        self._lost: str | None = None
+        self._writer_task: trio.lowlevel.Task | None = None
+        self._reader_task: trio.lowlevel.Task | None = None
+        self.scope: trio.CancelScope | None = None
+        self.requests = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.down_error = f"-ERR backend {label} is down\r\n".encode()
+        self.busy_error = f"-ERR backend {label} busy: too many requests in flight\r\n".encode()
+        self.timeout_error = f"-ERR backend {label} timeout\r\n".encode()
+
+    # -- called by client tasks (never awaits) --------------------------------------------------
+
+    def submit(self, pending: Pending, part: int, request: bytes) -> None:
+        self.wq.append(request)
+        self.waiters.append((pending, part))
+        self.requests += 1
+        task = self._writer_task
+        if task is not None:
+            self._writer_task = None
+            trio.lowlevel.reschedule(task)
+
+    def refusal(self) -> bytes | None:
+        """The error a new request gets at once, or None when it may be submitted."""
+        if not self.up:
+            return self.down_error
+        if len(self.waiters) >= self.max_queue:
+            return self.busy_error
+        return None
+
+    @property
+    def inflight(self) -> int:
+        return len(self.waiters)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve, and reconnect with backoff until cancelled or retired."""
+        started = False
+        with trio.CancelScope() as scope:
+            self.scope = scope
+            while self.health.state is not State.RETIRED:
+                now = trio.current_time()
+                wait = self.health.next_attempt_at() - now
+                if wait > 0:
+                    await trio.sleep(wait)
+                    now = trio.current_time()
+                self.health.attempt(now)
+                sock = None
+                self._lost = None
+                try:
+                    with trio.fail_after(self.timeout):
+                        sock = await self._connect()
+                except (OSError, trio.TooSlowError, BackendLost, ReplyError) as exc:
+                    self._lost = _describe(exc)
+                if sock is not None:
+                    self.health.connected(trio.current_time())
+                    self.up = True
+                    log_event("backend_up", backend=self.label)
+                    if not started:
+                        task_status.started()
+                        started = True
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            for task in (self._reader, self._writer, self._timer):
+                                nursery.start_soon(self._guard, task, sock, nursery.cancel_scope)
+                    finally:
+                        self.up = False
+                        sock.close()
+                reason = self._lost or "closed"
+                self._drop(f"-ERR backend {self.label} connection lost: {reason}\r\n")
+                if self.health.state is not State.RETIRED:
+                    self.health.failed(trio.current_time(), reason)
+                    log_event("backend_down", "warn", backend=self.label, reason=reason)
+                if not started:
+                    task_status.started()
+                    started = True
+            self._drop(self.down_error)
+
+    def retire(self) -> None:
+        """Stop after the requests in flight are answered (or time out)."""
+        self.health.retire(trio.current_time())
+        if not self.waiters and self.scope is not None:
+            self.scope.cancel()
+
+    def _drop(self, error: str | bytes) -> None:
+        """Fail every waiting request; the positions of replies are lost with the socket."""
+        self.up = False
+        err = error.encode() if isinstance(error, str) else error
+        touched = []
+        failed = 0
+        while self.waiters:
+            pending, _ = self.waiters.popleft()
+            if pending.fail(err):
+                failed += 1
+                owner: Any = pending.owner
+                if not owner.touched:
+                    owner.touched = True
+                    touched.append(owner)
+        self.errors += failed
+        self._expired = 0
+        self.wq.clear()
+        if touched:
+            self.on_flush(touched)
+
+    async def _connect(self) -> socket.socket:
+        infos = await trio.socket.getaddrinfo(*self.address, type=socket.SOCK_STREAM)
+        family, type_, proto, _, addr = infos[0]
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(addr)
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, errno.errorcode.get(err, str(err)))
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, f"connect: {errno.errorcode.get(err, err)}")
+            hello = []
+            if self.password is not None:
+                hello.append(encode_command([b"AUTH", self.password.encode()]))
+            hello.append(b"*1\r\n$4\r\nPING\r\n")
+            await _send_all(sock, b"".join(hello))
+            buf = b""
+            replies: list[bytes] = []
+            while len(replies) < len(hello):
+                await trio.lowlevel.wait_readable(sock)
+                data = sock.recv(65536)
+                if not data:
+                    raise BackendLost("closed during handshake")
+                buf += data
+                while (end := reply_end(buf)) > 0:
+                    replies.append(buf[:end])
+                    buf = buf[end:]
+            for reply in replies:
+                if reply[:1] == b"-":
+                    raise BackendLost(
+                        "handshake refused: " + reply[1:-2].decode("utf-8", "replace")
+                    )
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def _guard(
+        self,
+        task: Callable[[socket.socket], Any],
+        sock: socket.socket,
+        scope: trio.CancelScope,
+    ) -> None:
+        """The one place a live connection's errors are caught: record why, stop all three."""
+        try:
+            await task(sock)
+        except (OSError, BackendLost, ReplyError, ValueError) as exc:
+            if self._lost is None:
+                self._lost = _describe(exc)
+            scope.cancel()
+
+    async def _writer(self, sock: socket.socket) -> None:
+        wq = self.wq
+        while True:
+            if not wq:
+                await self._park_writer()
+                continue
+            data = b"".join(wq) if len(wq) > 1 else wq[0]
+            wq.clear()
+            while True:
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                if sent == len(data):
+                    break
+                data = data[sent:]
+
+    async def _park_writer(self) -> None:
+        self._writer_task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._writer_task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _reader(self, sock: socket.socket) -> None:
+        waiters = self.waiters
+        buf = b""
+        need = 0  # bytes the head reply needs before scanning again (large bulks)
+        streak = 0
+        observe = self.latency.observe
+        while True:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                streak = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            if not data:
+                raise BackendLost("connection closed by backend")
+            buf = buf + data if buf else data
+            n = len(buf)
+            if n < need:
+                continue
+            need = 0
+            pos = 0
+            touched = []
+            now = trio.current_time()
+            while pos < n:
+                end = reply_end(buf, pos)
+                if end < 0:
+                    if buf[pos] == 36:  # '$': wait for the whole bulk before rescanning
+                        nl = buf.find(b"\r\n", pos)
+                        need = nl + 2 + int(buf[pos + 1 : nl]) + 2 - pos
+                    break
+                if not waiters:
+                    raise BackendLost("reply with no request waiting")
+                pending, part = waiters.popleft()
+                if self._expired:
+                    self._expired -= 1
+                elif pending.complete(part, buf[pos:end] if (pos or end != n) else buf):
+                    observe(now - pending.started)
+                    owner: Any = pending.owner
+                    if not owner.touched:
+                        owner.touched = True
+                        touched.append(owner)
+                pos = end
+            if pos:
+                self.health.consecutive_timeouts = 0
+            buf = buf[pos:] if pos < n else b""
+            if touched:
+                self.on_flush(touched)
+            if self.health.state is State.RETIRED and not waiters:
+                raise BackendLost("retired")
+            streak += 1
+            if streak >= FAIR_BATCHES:
+                streak = 0
+                await trio.lowlevel.checkpoint()
+
+    async def _timer(self, _sock: socket.socket) -> None:
+        waiters = self.waiters
+        error = self.timeout_error
+        while True:
+            await trio.sleep(TICK)
+            now = trio.current_time()
+            touched = []
+            count = 0
+            while self._expired < len(waiters):
+                pending, _ = waiters[self._expired]
+                if pending.deadline > now:
+                    break
+                self._expired += 1
+                if pending.fail(error):
+                    count += 1
+                    owner: Any = pending.owner
+                    if not owner.touched:
+                        owner.touched = True
+                        touched.append(owner)
+            if count:
+                self.timeouts += count
+                self.errors += count
+                log_event("backend_timeout", "warn", backend=self.label, requests=count)
+            if touched:
+                self.on_flush(touched)
+            if count and self.health.timed_out(count):
+                raise BackendLost(f"{self.health.consecutive_timeouts} consecutive timeouts")
+            if self.health.state is State.RETIRED and self._expired >= len(waiters):
+                raise BackendLost("retired")
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    while data:
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        data = data[sent:]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "connect/handshake timeout"
+    if isinstance(exc, BackendLost):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)

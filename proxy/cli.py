@@ -1,0 +1,156 @@
+"""``shardgate proxy``: run the sharding gateway (and, with --workers N, N processes on one port)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+
+import trio
+
+from proxy.config import ProxyConfig
+from shardgate.config import ConfigError
+from shardgate.logs import configure, log_event
+from shardgate.topology import NodeAddress, TopologyError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("proxy", help="run the sharding proxy clients talk to")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7000, help="port to listen on (default 7000)")
+    p.add_argument("--config", metavar="FILE", help="cluster TOML: shards and slot ranges")
+    p.add_argument(
+        "--backends", metavar="HOST:PORT,...", help="primaries; the 16384 slots are split evenly"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    p.add_argument("--requirepass", metavar="PW", help="password clients must AUTH with")
+    p.add_argument("--backend-password", metavar="PW", help="password sent to every backend")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1")
+    p.add_argument("--timeout-ms", type=int, default=1000, help="per-request timeout (1000)")
+    p.add_argument("--backend-connections", type=int, default=1, help="connections per node (1)")
+    p.add_argument("--maxclients", type=int, default=10000, help="client limit (10000)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace) -> ProxyConfig:
+    backends: tuple[NodeAddress, ...] = ()
+    if args.backends:
+        backends = tuple(NodeAddress.parse(b) for b in args.backends.split(",") if b.strip())
+    return ProxyConfig(
+        host=args.host,
+        port=args.port,
+        config_path=args.config,
+        backends=backends,
+        workers=args.workers,
+        requirepass=args.requirepass,
+        backend_password=args.backend_password,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        timeout=args.timeout_ms / 1000,
+        connections_per_backend=args.backend_connections,
+        max_clients=args.maxclients,
+        reuse_port=args.reuse_port or args.workers > 1,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    configure(role="proxy", fmt=args.log_format)
+    try:
+        config = build_config(args)
+        config.load_topology()  # fail early with a clear message
+    except (ConfigError, TopologyError) as exc:
+        print(f"shardgate proxy: {exc}", file=sys.stderr)
+        return 2
+    if config.workers > 1:
+        return _run_workers(args, config.workers)
+    return trio.run(_main, config)
+
+
+async def _main(config: ProxyConfig) -> int:
+    from proxy.server import serve
+
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve, config)
+        print(f"shardgate proxy listening on {host}:{port}", flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log_event("shutdown", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    return 0
+
+
+def _run_workers(args: argparse.Namespace, workers: int) -> int:
+    """Start N single-worker processes on one port; forward SIGHUP/SIGTERM; wait for them."""
+    argv = [a for a in sys.argv[1:]]
+    base = [
+        sys.executable,
+        "-m",
+        "shardgate",
+        *_without_workers(argv),
+        "--workers",
+        "1",
+        "--reuse-port",
+    ]
+    procs = []
+    for i in range(workers):
+        cmd = list(base)
+        if args.metrics_port is not None:
+            cmd = _replace_opt(cmd, "--metrics-port", str(args.metrics_port + i))
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL if i else None))
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, forward)
+    log_event("workers_started", workers=workers, pids=",".join(str(p.pid) for p in procs))
+    code = 0
+    for p in procs:
+        while True:
+            try:
+                code = max(code, p.wait())
+                break
+            except InterruptedError:
+                continue
+    return code
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if a.startswith("--workers="):
+            continue
+        out.append(a)
+    return out
+
+
+def _replace_opt(cmd: list[str], opt: str, value: str) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in cmd:
+        if skip:
+            skip = False
+            continue
+        if a == opt:
+            skip = True
+            continue
+        if a.startswith(opt + "="):
+            continue
+        out.append(a)
+    return [*out, opt, value]
