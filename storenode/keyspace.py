@@ -1,0 +1,460 @@
+"""The store node's keyspace: one record per key, lazy + active expiry, sampled LRU eviction.
+
+How it works
+- Records. ``_map`` maps each key to one ``Entry`` that owns the value, the recency stamp
+  (``lru``: the ``now_ms`` of the last access) and the key's index in ``_keys``. A key with a TTL
+  is a ``VolatileEntry``, which also owns its absolute expiry (unix ms) and its index in
+  ``_vkeys``. Keys without a TTL do not pay for those fields (16 bytes and two int objects).
+- Dense key arrays. ``_keys`` holds every key, ``_vkeys`` every key with a TTL; a record knows
+  its own index, so removal is an O(1) swap with the last element and a uniformly random key is
+  one ``list[i]``. RANDOMKEY, the active expire cycle and eviction sampling therefore cost O(1)
+  per sample however many keys expire at once, and volatile-* policies never scan all keys.
+- Expiry. A key is expired when ``now_ms > expire_at`` (Redis's keyIsExpired) and is deleted
+  by whatever touches it next (lazy). ``active_expire_step`` samples 20 random keys with a TTL,
+  deletes the expired ones and returns True when more than 25% of them had expired, so the
+  shell repeats it within its ~1 ms budget (Redis's activeExpireCycle, adaptive sampling).
+- Eviction. Redis's approximated LRU: sample ``maxmemory_samples`` keys (from ``_keys`` or
+  ``_vkeys`` by policy), keep the best 16 candidates in a pool across calls, evict the best
+  one still present. volatile-ttl scores by the soonest expiry. ``bench/lru_sim.py`` measures
+  the hit rate against exact LRU.
+- Memory. ``used_memory`` is the sum of per-record costs (CPython allocator sizes of the key
+  and value bytes, the record, its int fields), kept current in O(1) per write, plus the
+  allocated size of the dict and the two arrays (``sys.getsizeof`` is O(1)).
+  ``bench/memory_per_key.py`` checks it against RSS growth.
+- The recency stamp is the ``now_ms`` int object itself, shared by every key touched in the
+  same millisecond, so it costs no memory per key.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import random
+import sys
+from collections.abc import Callable, Iterator
+
+# CPython 3.11, 64-bit: what one record costs beyond its key and value bytes. An Entry (3 slots)
+# is 56 bytes with its GC header, a VolatileEntry (5 slots) 72; an index or expiry above 256 is
+# its own int object, 28 bytes rounded up to pymalloc's 8-byte classes. The container slots
+# (dict entry, list slots) are counted by used_memory from the containers' allocated sizes.
+_INT_COST = 32
+ENTRY_COST = 56 + _INT_COST  # record + its idx
+VOLATILE_EXTRA_COST = (72 - 56) + 2 * _INT_COST  # bigger record + expire_at + vidx
+_PYMALLOC_MAX = 512  # larger objects come from malloc
+_MMAP_THRESHOLD = 128 * 1024  # glibc's default: larger blocks are whole pages
+
+
+def bytes_cost(n: int) -> int:
+    """Allocated size of a ``bytes`` object of length ``n`` (header 33 incl. the NUL)."""
+    size = 33 + n
+    if size <= _PYMALLOC_MAX:
+        return (size + 7) & ~7
+    if size < _MMAP_THRESHOLD:
+        return (size + 8 + 15) & ~15  # malloc chunk header, 16-byte alignment
+    return (size + 16 + 4095) & ~4095
+
+
+def value_cost(v: bytes | bytearray) -> int:
+    """Allocated size of a value; APPEND and SETRANGE leave bytearrays, which grow in place."""
+    if v.__class__ is bytes:
+        return bytes_cost(len(v))
+    return sys.getsizeof(v) + 16  # object + separately malloc'd buffer (getsizeof counts both)
+
+
+class EvictionPolicy(enum.Enum):
+    NOEVICTION = "noeviction"
+    ALLKEYS_LRU = "allkeys-lru"
+    VOLATILE_LRU = "volatile-lru"
+    ALLKEYS_RANDOM = "allkeys-random"
+    VOLATILE_RANDOM = "volatile-random"
+    VOLATILE_TTL = "volatile-ttl"
+
+
+_VOLATILE_POLICIES = frozenset(
+    {EvictionPolicy.VOLATILE_LRU, EvictionPolicy.VOLATILE_RANDOM, EvictionPolicy.VOLATILE_TTL}
+)
+
+# Redis defaults: ACTIVE_EXPIRE_CYCLE_KEYS_PER_LOOP, the 25% "stale" threshold of the cycle,
+# maxmemory-samples and EVPOOL_SIZE.
+EXPIRE_SAMPLE = 20
+DEFAULT_SAMPLES = 5
+POOL_SIZE = 16
+
+
+class Entry:
+    """One key's record: value, recency and its index in the all-keys array."""
+
+    __slots__ = ("idx", "lru", "value")
+    expire_at = 0  # no TTL; VolatileEntry overrides this with a slot
+
+    value: bytes | bytearray
+
+    def __init__(self, value: bytes | bytearray, lru: int, idx: int) -> None:
+        self.value = value
+        self.lru = lru
+        self.idx = idx
+
+
+class VolatileEntry(Entry):
+    """A record with a TTL: adds the absolute expiry (unix ms) and its index in ``_vkeys``."""
+
+    __slots__ = ("expire_at", "vidx")
+
+    def __init__(
+        self, value: bytes | bytearray, lru: int, idx: int, expire_at: int, vidx: int
+    ) -> None:
+        self.value = value
+        self.lru = lru
+        self.idx = idx
+        self.expire_at = expire_at
+        self.vidx = vidx
+
+
+class KeyspaceStats:
+    __slots__ = ("avg_ttl_ms", "evicted_keys", "expired_keys", "keyspace_hits", "keyspace_misses")
+
+    def __init__(self) -> None:
+        self.keyspace_hits = 0
+        self.keyspace_misses = 0
+        self.expired_keys = 0
+        self.evicted_keys = 0
+        self.avg_ttl_ms = 0  # running estimate from the active cycle, like Redis's db->avg_ttl
+
+
+class Keyspace:
+    def __init__(
+        self,
+        *,
+        maxmemory: int = 0,
+        policy: EvictionPolicy = EvictionPolicy.NOEVICTION,
+        seed: int | None = None,
+    ) -> None:
+        self.maxmemory = maxmemory
+        self._policy = policy
+        self.maxmemory_samples = DEFAULT_SAMPLES
+        self.stats = KeyspaceStats()
+        self.on_delete: Callable[[bytes, str], None] | None = None
+        self._map: dict[bytes, Entry] = {}
+        self._keys: list[bytes] = []
+        self._vkeys: list[bytes] = []
+        self._mem = 0  # per-record costs; the containers are added in used_memory
+        self._now = 0  # last now_ms seen: the shared recency stamp and the eviction clock
+        self._pool: list[tuple[int, bytes]] = []  # eviction candidates, ascending score
+        self._rand = random.Random(seed).random
+
+    # --- sizes ---------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> EvictionPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: EvictionPolicy) -> None:
+        if policy is not self._policy:
+            self._pool.clear()  # scores of another policy are not comparable
+        self._policy = policy
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    @property
+    def expires_count(self) -> int:
+        return len(self._vkeys)
+
+    @property
+    def used_memory(self) -> int:
+        getsizeof = sys.getsizeof
+        return self._mem + getsizeof(self._map) + getsizeof(self._keys) + getsizeof(self._vkeys)
+
+    def _stamp(self, now_ms: int) -> int:
+        # Reuse one int object per millisecond so the recency stamp costs no memory per key.
+        if now_ms != self._now:
+            self._now = now_ms
+        return self._now
+
+    # --- lookups (each deletes the key first if it has expired) --------------------------
+
+    def lookup(self, key: bytes, now_ms: int) -> Entry | None:
+        """Read access: counts a hit or miss and refreshes recency."""
+        e = self._map.get(key)
+        if e is not None:
+            exp = e.expire_at
+            if exp and now_ms > exp:
+                self._expire(key, e)
+            else:
+                self.stats.keyspace_hits += 1
+                e.lru = self._stamp(now_ms)
+                return e
+        self.stats.keyspace_misses += 1
+        return None
+
+    def lookup_write(self, key: bytes, now_ms: int) -> Entry | None:
+        """Write access: refreshes recency, no hit/miss statistics."""
+        e = self._map.get(key)
+        if e is not None:
+            exp = e.expire_at
+            if exp and now_ms > exp:
+                self._expire(key, e)
+                return None
+            e.lru = self._stamp(now_ms)
+        return e
+
+    def peek(self, key: bytes, now_ms: int) -> Entry | None:
+        """Inspection (TTL, TYPE, EXISTS): neither recency nor statistics change."""
+        e = self._map.get(key)
+        if e is not None:
+            exp = e.expire_at
+            if exp and now_ms > exp:
+                self._expire(key, e)
+                return None
+        return e
+
+    # --- writes --------------------------------------------------------------------------
+
+    def set(self, key: bytes, value: bytes | bytearray, now_ms: int, expire_at: int = 0) -> Entry:
+        """SET semantics: replace the value and the TTL (``expire_at`` 0: no TTL)."""
+        e = self._map.get(key)
+        if e is None:
+            return self._add(key, value, now_ms, expire_at)
+        if e.expire_at and now_ms > e.expire_at:
+            self._expire(key, e)
+            return self._add(key, value, now_ms, expire_at)
+        self._mem += value_cost(value) - value_cost(e.value)
+        e.value = value
+        e.lru = self._stamp(now_ms)
+        if expire_at:
+            return self.set_expire(key, e, expire_at)
+        if e.expire_at:
+            return self.persist(key, e)
+        return e
+
+    def set_keep_ttl(self, key: bytes, value: bytes | bytearray, now_ms: int) -> Entry:
+        e = self.lookup_write(key, now_ms)
+        if e is None:
+            return self._add(key, value, now_ms, 0)
+        self.replace_value(e, value)
+        return e
+
+    def replace_value(self, e: Entry, value: bytes | bytearray, old_cost: int = -1) -> None:
+        """Give a live record a new value, keeping its TTL (APPEND, INCR...).
+
+        When the value was grown in place, the caller passes its cost from before the change.
+        """
+        if old_cost < 0:
+            old_cost = value_cost(e.value)
+        self._mem += value_cost(value) - old_cost
+        e.value = value
+
+    def _add(self, key: bytes, value: bytes | bytearray, now_ms: int, expire_at: int) -> Entry:
+        keys = self._keys
+        e: Entry
+        if expire_at:
+            vkeys = self._vkeys
+            e = VolatileEntry(value, self._stamp(now_ms), len(keys), expire_at, len(vkeys))
+            vkeys.append(key)
+            self._mem += VOLATILE_EXTRA_COST
+        else:
+            e = Entry(value, self._stamp(now_ms), len(keys))
+        keys.append(key)
+        self._map[key] = e
+        self._mem += ENTRY_COST + bytes_cost(len(key)) + value_cost(value)
+        return e
+
+    def set_expire(self, key: bytes, e: Entry, expire_at: int) -> Entry:
+        """Give a live record an absolute expiry; returns the (possibly new) record."""
+        if isinstance(e, VolatileEntry):
+            e.expire_at = expire_at
+            return e
+        vkeys = self._vkeys
+        v = VolatileEntry(e.value, e.lru, e.idx, expire_at, len(vkeys))
+        vkeys.append(key)
+        self._map[key] = v
+        self._mem += VOLATILE_EXTRA_COST
+        return v
+
+    def persist(self, key: bytes, e: Entry) -> Entry:
+        """Remove the TTL of a live record; returns the (possibly new) record."""
+        if not isinstance(e, VolatileEntry):
+            return e
+        self._vremove(e)
+        p = Entry(e.value, e.lru, e.idx)
+        self._map[key] = p
+        self._mem -= VOLATILE_EXTRA_COST
+        return p
+
+    def delete(self, key: bytes, now_ms: int) -> bool:
+        """DEL: True when a live key was removed (an expired one counts as expiring)."""
+        e = self._map.get(key)
+        if e is None:
+            return False
+        if e.expire_at and now_ms > e.expire_at:
+            self._expire(key, e)
+            return False
+        self._remove(key, e)
+        return True
+
+    def flush(self) -> None:
+        self._map = {}
+        self._keys = []
+        self._vkeys = []
+        self._pool.clear()
+        self._mem = 0
+
+    def _remove(self, key: bytes, e: Entry) -> None:
+        del self._map[key]
+        keys = self._keys
+        last = keys.pop()
+        i = e.idx
+        if i < len(keys):  # not the last key: the last one fills the hole
+            keys[i] = last
+            self._map[last].idx = i
+        cost = ENTRY_COST + bytes_cost(len(key)) + value_cost(e.value)
+        if isinstance(e, VolatileEntry):
+            self._vremove(e)
+            cost += VOLATILE_EXTRA_COST
+        self._mem -= cost
+
+    def _vremove(self, e: VolatileEntry) -> None:
+        vkeys = self._vkeys
+        last = vkeys.pop()
+        i = e.vidx
+        if i < len(vkeys):
+            vkeys[i] = last
+            moved = self._map[last]
+            assert isinstance(moved, VolatileEntry)
+            moved.vidx = i
+
+    def _expire(self, key: bytes, e: Entry) -> None:
+        self._remove(key, e)
+        self.stats.expired_keys += 1
+        if self.on_delete is not None:
+            self.on_delete(key, "expired")
+
+    # --- whole-keyspace access -----------------------------------------------------------
+
+    def random_key(self, now_ms: int) -> bytes | None:
+        """A uniformly random live key (expired samples are deleted on the way)."""
+        keys = self._keys
+        rand = self._rand
+        while keys:
+            key = keys[int(rand() * len(keys))]
+            if self.peek(key, now_ms) is not None:
+                return key
+        return None
+
+    def scan(self, cursor: int, count: int, now_ms: int) -> tuple[int, list[bytes]]:
+        """Visit ``count`` positions of ``_keys`` below ``cursor`` (0 = start); 0 = done.
+
+        Walking from the end down is what makes the guarantee hold: a removal moves only the
+        last key, into the hole, so an unvisited key never moves above the cursor.
+        """
+        n = len(self._keys)
+        top = n if cursor == 0 or cursor > n else cursor
+        low = max(top - count, 0)
+        batch = self._keys[low:top]
+        batch.reverse()
+        live = [k for k in batch if self.peek(k, now_ms) is not None]
+        return low, live
+
+    def iter_keys(self, now_ms: int) -> Iterator[bytes]:
+        """Every live key (KEYS); expired keys are skipped, not deleted, as Redis does."""
+        for key, e in self._map.items():
+            exp = e.expire_at
+            if not exp or now_ms <= exp:
+                yield key
+
+    def record_size(self, key: bytes, e: Entry) -> int:
+        """What MEMORY USAGE reports: the record's share of used_memory."""
+        cost = ENTRY_COST + bytes_cost(len(key)) + value_cost(e.value)
+        if isinstance(e, VolatileEntry):
+            cost += VOLATILE_EXTRA_COST
+        return cost
+
+    # --- active expiry -------------------------------------------------------------------
+
+    def active_expire_step(self, now_ms: int) -> bool:
+        """Sample keys with a TTL, delete the expired; True when over 25% had expired."""
+        vkeys = self._vkeys
+        if not vkeys:
+            return False
+        rand = self._rand
+        mapping = self._map
+        sampled = min(EXPIRE_SAMPLE, len(vkeys))
+        expired = 0
+        ttl_sum = 0
+        ttl_n = 0
+        for _ in range(sampled):
+            if not vkeys:
+                break
+            key = vkeys[int(rand() * len(vkeys))]
+            e = mapping[key]
+            if now_ms > e.expire_at:
+                self._expire(key, e)
+                expired += 1
+            else:
+                ttl_sum += e.expire_at - now_ms
+                ttl_n += 1
+        if ttl_n:
+            # Redis's smoothing: the new sample weighs 2% (expire.c, activeExpireCycle).
+            avg = self.stats.avg_ttl_ms
+            sample_avg = ttl_sum // ttl_n
+            self.stats.avg_ttl_ms = sample_avg if not avg else (avg // 50) * 49 + sample_avg // 50
+        return expired * 4 > sampled
+
+    # --- eviction ------------------------------------------------------------------------
+
+    def evict_if_needed(self) -> bool:
+        """Evict per policy until used_memory <= maxmemory; False when that is impossible."""
+        if not self.maxmemory or self.used_memory <= self.maxmemory:
+            return True
+        if self._policy is EvictionPolicy.NOEVICTION:
+            return False
+        while self.used_memory > self.maxmemory:
+            key = self._victim()
+            if key is None:
+                return False
+            self._remove(key, self._map[key])
+            self.stats.evicted_keys += 1
+            if self.on_delete is not None:
+                self.on_delete(key, "evicted")
+        return True
+
+    def _victim(self) -> bytes | None:
+        policy = self._policy
+        keys = self._vkeys if policy in _VOLATILE_POLICIES else self._keys
+        if not keys:
+            return None
+        if policy is EvictionPolicy.ALLKEYS_RANDOM or policy is EvictionPolicy.VOLATILE_RANDOM:
+            return keys[int(self._rand() * len(keys))]
+        volatile = policy is not EvictionPolicy.ALLKEYS_LRU
+        by_ttl = policy is EvictionPolicy.VOLATILE_TTL
+        pool = self._pool
+        mapping = self._map
+        while True:
+            self._populate_pool(keys, by_ttl)
+            while pool:
+                _, key = pool.pop()
+                e = mapping.get(key)
+                # The pool outlives deletions and PERSIST: check the candidate still fits.
+                if e is not None and (not volatile or e.expire_at):
+                    return key
+            if not keys:
+                return None
+
+    def _populate_pool(self, keys: list[bytes], by_ttl: bool) -> None:
+        pool = self._pool
+        mapping = self._map
+        rand = self._rand
+        now = self._now
+        for _ in range(min(self.maxmemory_samples, len(keys))):
+            key = keys[int(rand() * len(keys))]
+            e = mapping[key]
+            # Higher score = better victim: longest idle, or soonest expiry.
+            score = -e.expire_at if by_ttl else now - e.lru
+            if len(pool) >= POOL_SIZE and score <= pool[0][0]:
+                continue
+            if any(k == key for _, k in pool):
+                continue
+            bisect.insort(pool, (score, key))
+            if len(pool) > POOL_SIZE:
+                del pool[0]
