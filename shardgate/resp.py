@@ -14,6 +14,9 @@ How it works
 
 from __future__ import annotations
 
+import decimal
+import re
+
 import attrs
 
 CRLF = b"\r\n"
@@ -33,7 +36,25 @@ UNAUTH_MAX_BULK = 16 * 1024
 # arguments cannot grow memory 5x past the limit.
 ARG_OVERHEAD = 41
 
-_HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ")
+# Redis's string2ll accepts at most 20 characters (LONG_STR_SIZE 21, util.c) and a signed 64-bit
+# value; multibulk counts must also fit an int (INT_MAX).
+_LLONG_MAX = 2**63 - 1
+_INT_MAX = 2**31 - 1
+
+# The digits of small lengths, pre-parsed: most headers are looked up here instead of being
+# validated and converted, which is a third of the parsing cost of a typical command.
+_SMALL_LENGTHS = {b"%d" % i: i for i in range(1024)}
+
+# A browser or HTTP client on a RESP port: its first line is a request line. (Redis itself
+# replies to that line and closes on the "Host:" header that follows; we close without a reply.)
+_HTTP_REQUEST_LINE = re.compile(rb"[A-Z]+ \S+ HTTP/\d\.\d")
+# Redis's securityWarningCommand: these "commands" close the connection silently.
+_HTTP_WORDS = (b"host:", b"post")
+
+
+# RequestParser._want when the parser waits for the end of a line rather than a byte count.
+_WANT_LF = -1  # inline command: a "\n"
+_WANT_CRLF = -2  # multibulk or bulk length header: a "\r\n"
 
 
 class ProtocolError(Exception):
@@ -57,8 +78,33 @@ class RequestLimits:
     max_querybuf: int = DEFAULT_MAX_QUERYBUF
 
 
+def _string2ll(text: bytes) -> int | None:
+    """Redis's string2ll: optional '-', no '+', spaces or leading zeros, fits a signed 64 bits."""
+    if len(text) > 20:
+        return None
+    if text.isdigit():  # ASCII digits only, non-empty
+        if text[0] == 48 and len(text) > 1:
+            return None
+        value = int(text)
+        return value if value <= _LLONG_MAX else None
+    if len(text) > 1 and text[0] == 45 and text[1] != 48 and text[1:].isdigit():
+        value = -int(text[1:])
+        return value if value >= -_LLONG_MAX - 1 else None
+    return None
+
+
 class RequestParser:
-    """Incremental parser for client requests (multibulk or inline)."""
+    """Incremental parser for client requests (multibulk or inline).
+
+    Buffer discipline: ``_buf[_pos:]`` holds unparsed bytes. A multibulk whose arguments arrive
+    over several feeds keeps its finished arguments in ``_args`` (``_remaining`` more to come)
+    and leaves ``_pos`` at the start of the first unfinished argument, whose header is parsed
+    again next time. When that argument's body is known to need ``_want`` bytes from ``_pos``,
+    feeds are only collected in ``_chunks`` until that many arrived and then joined once, so a
+    large value is never re-joined per chunk. Likewise an unfinished line (inline command or
+    length header) is joined only when a feed brings its end, so a line dribbled in byte by byte
+    costs linear time, not a copy and a rescan per byte.
+    """
 
     __slots__ = (
         "_args",
@@ -81,10 +127,10 @@ class RequestParser:
         self._pos = 0
         self._chunks: list[bytes] = []
         self._chunks_len = 0
-        self._want = 0  # buffered bytes needed before parsing can progress
+        self._want = 0  # bytes needed from _pos, or _WANT_LF / _WANT_CRLF, or 0: just parse
         self._args: list[bytes] = []
         self._remaining = 0  # bulks still expected in the current multibulk
-        self._pending_cost = 0
+        self._pending_cost = 0  # what the finished arguments in _args cost
         self._first = True  # nothing parsed yet on this connection (HTTP detection)
 
     @property
@@ -93,19 +139,29 @@ class RequestParser:
         return len(self._buf) - self._pos + self._chunks_len + self._pending_cost
 
     def feed(self, data: bytes) -> None:
-        if self._chunks or self._want > len(self._buf) - self._pos + len(data):
-            # Waiting for a large body: collect chunks and join once when enough arrived.
+        if not data:
+            return
+        if self._chunks or self._want:
+            # Waiting for a body or a line end: collect chunks, join once when they can help.
             self._chunks.append(data)
             self._chunks_len += len(data)
             if self.buffered > self.limits.max_querybuf:
                 raise ProtocolError("query buffer limit exceeded", silent=True)
-            if len(self._buf) - self._pos + self._chunks_len < self._want:
+            want = self._want
+            if want > 0:
+                if len(self._buf) - self._pos + self._chunks_len < want:
+                    return
+            elif want == _WANT_LF:
+                if b"\n" not in data:
+                    return
+            elif b"\r\n" not in data and not (data[0] == 10 and self._last_byte() == 13):
                 return
             self._chunks.insert(0, self._buf[self._pos :])
             self._buf = b"".join(self._chunks)
             self._chunks.clear()
             self._chunks_len = 0
             self._pos = 0
+            self._want = 0
             return
         if self._pos >= len(self._buf):
             self._buf = data
@@ -115,124 +171,184 @@ class RequestParser:
         if self.buffered > self.limits.max_querybuf:
             raise ProtocolError("query buffer limit exceeded", silent=True)
 
+    def _last_byte(self) -> int:
+        """The byte fed just before the newest chunk (chunks are never empty)."""
+        if len(self._chunks) > 1:
+            return self._chunks[-2][-1]
+        return self._buf[-1] if len(self._buf) > self._pos else -1
+
+    def _line_too_long(self) -> None:
+        """Raise Redis's error if the unfinished line waiting in chunks is over the limit."""
+        if len(self._buf) - self._pos + self._chunks_len <= self.limits.max_inline:
+            return
+        if self._remaining:
+            raise ProtocolError("too big bulk count string")
+        first = self._buf[self._pos : self._pos + 1] or self._chunks[0][:1]
+        if first == b"*":
+            raise ProtocolError("too big mbulk count string")
+        raise ProtocolError("too big inline request")
+
     def next_command(self) -> list[bytes] | None:
         """Return the next complete command, or None when more data is needed."""
+        # One loop for the common case (a whole multibulk in the buffer): locals only, small
+        # lengths from a table, no helper calls. The order of checks follows Redis's
+        # processMultibulkBuffer, so every malformed input gets Redis's error text.
         while True:
             buf = self._buf
             pos = self._pos
-            if self._chunks or pos >= len(buf):
+            end = len(buf)
+            if self._chunks:
+                if self._want < 0:
+                    self._line_too_long()
                 return None
-            if self._remaining == 0:
+            if pos >= end:
+                return None
+            remaining = self._remaining
+            if remaining == 0:
                 if buf[pos] != 42:  # not '*': inline command
                     cmd = self._inline(buf, pos)
                     if cmd is None:
                         return None
                     if not cmd:
-                        continue
+                        continue  # empty line
                     return cmd
                 nl = buf.find(CRLF, pos)
                 if nl < 0:
-                    if len(buf) - pos > self.limits.max_inline:
+                    if end - pos > self.limits.max_inline:
                         raise ProtocolError("too big mbulk count string")
+                    self._want = _WANT_CRLF
                     return None
-                try:
-                    count = int(buf[pos + 1 : nl])
-                except ValueError:
-                    raise ProtocolError("invalid multibulk length") from None
-                if count > self.limits.max_multibulk or count > 2**31 - 1:
+                count = _SMALL_LENGTHS.get(buf[pos + 1 : nl])
+                if count is None:
+                    count = self._multibulk_count(buf[pos + 1 : nl])
+                    if count <= 0:  # Redis ignores empty and negative multibulks
+                        self._first = False
+                        self._pos = nl + 2
+                        continue
+                if count > self.limits.max_multibulk:
                     raise ProtocolError("invalid multibulk length")
-                if not self.authenticated and count > UNAUTH_MAX_MULTIBULK:
+                if count > UNAUTH_MAX_MULTIBULK and not self.authenticated:
                     raise ProtocolError("unauthenticated multibulk length")
                 self._first = False
-                self._pos = nl + 2
-                if count <= 0:
-                    continue  # Redis ignores empty multibulks
-                self._remaining = count
-            cmd = self._bulks()
-            if cmd is not None:
-                return cmd
-            return None
+                pos = nl + 2
+                if count == 0:
+                    self._pos = pos
+                    continue
+                remaining = count
+                args: list[bytes] = []
+            else:
+                args = self._args
+                self._args = []
+            limits = self.limits
+            max_bulk = limits.max_bulk
+            if not self.authenticated and max_bulk > UNAUTH_MAX_BULK:
+                max_bulk = UNAUTH_MAX_BULK
+            started = pos
+            parsed = len(args)
+            want = 0
+            while remaining:
+                nl = buf.find(CRLF, pos)
+                if nl < 0:
+                    if end - pos > limits.max_inline:
+                        raise ProtocolError("too big bulk count string")
+                    want = _WANT_CRLF
+                    break
+                if buf[pos] != 36:  # '$'
+                    raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
+                size = _SMALL_LENGTHS.get(buf[pos + 1 : nl])
+                if size is None:
+                    size = self._bulk_length(buf[pos + 1 : nl])
+                if size > max_bulk:
+                    if size > limits.max_bulk:
+                        raise ProtocolError("invalid bulk length")
+                    raise ProtocolError("unauthenticated bulk length")
+                start = nl + 2
+                stop = start + size
+                if stop + 2 > end:
+                    want = stop + 2 - pos
+                    break
+                if buf[stop] != 13 or buf[stop + 1] != 10:
+                    # Redis 7.0 silently skips two bytes here; a desynchronised stream is an error.
+                    raise ProtocolError("expected CRLF after bulk")
+                args.append(buf[start:stop])
+                remaining -= 1
+                pos = stop + 2
+            self._pos = pos
+            if remaining:
+                self._args = args
+                self._remaining = remaining
+                self._want = want
+                self._pending_cost += pos - started + ARG_OVERHEAD * (len(args) - parsed)
+                if self._pending_cost > limits.max_querybuf:
+                    raise ProtocolError("query buffer limit exceeded", silent=True)
+                return None
+            self._remaining = 0
+            self._want = 0
+            self._pending_cost = 0
+            return args
 
-    def _bulks(self) -> list[bytes] | None:
-        buf = self._buf
-        pos = self._pos
-        end_buf = len(buf)
-        args = self._args
-        limits = self.limits
-        while self._remaining:
-            if pos >= end_buf:
-                break
-            if buf[pos] != 36:  # '$'
-                raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
-            nl = buf.find(CRLF, pos)
-            if nl < 0:
-                if end_buf - pos > limits.max_inline:
-                    raise ProtocolError("too big bulk count string")
-                break
-            try:
-                size = int(buf[pos + 1 : nl])
-            except ValueError:
-                raise ProtocolError("invalid bulk length") from None
-            if size < 0 or size > limits.max_bulk:
-                raise ProtocolError("invalid bulk length")
-            if not self.authenticated and size > UNAUTH_MAX_BULK:
-                raise ProtocolError("unauthenticated bulk length")
-            start = nl + 2
-            stop = start + size
-            if stop + 2 > end_buf:
-                self._want = stop + 2 - pos
-                break
-            if buf[stop : stop + 2] != CRLF:
-                # Redis 7.0 silently skips two bytes here; a desynchronised stream is an error.
-                raise ProtocolError("expected CRLF after bulk")
-            args.append(buf[start:stop])
-            self._pending_cost += size + ARG_OVERHEAD
-            self._remaining -= 1
-            pos = stop + 2
-        self._pos = pos
-        if self._remaining:
-            if self._pending_cost > limits.max_querybuf:
-                raise ProtocolError("query buffer limit exceeded", silent=True)
-            return None
-        self._want = 0
-        self._args = []
-        self._pending_cost = 0
-        return args
+    def _multibulk_count(self, text: bytes) -> int:
+        if len(text) + 2 > self.limits.max_inline:  # '*' or '$', digits, '\r'
+            raise ProtocolError("too big mbulk count string")
+        count = _string2ll(text)
+        if count is None or count > _INT_MAX:
+            raise ProtocolError("invalid multibulk length")
+        return count
+
+    def _bulk_length(self, text: bytes) -> int:
+        if len(text) + 2 > self.limits.max_inline:  # '*' or '$', digits, '\r'
+            raise ProtocolError("too big bulk count string")
+        size = _string2ll(text)
+        if size is None or size < 0:
+            raise ProtocolError("invalid bulk length")
+        return size
 
     def _inline(self, buf: bytes, pos: int) -> list[bytes] | None:
+        max_inline = self.limits.max_inline
         nl = buf.find(b"\n", pos)
         if nl < 0:
-            if len(buf) - pos > self.limits.max_inline:
+            if len(buf) - pos > max_inline:
                 raise ProtocolError("too big inline request")
+            self._want = _WANT_LF
             return None
-        if nl - pos > self.limits.max_inline:
+        if nl - pos > max_inline:
+            # Redis only checks while the newline is missing, which makes the outcome depend on
+            # how the line was chunked; checking the whole line too keeps it deterministic.
             raise ProtocolError("too big inline request")
-        line = buf[pos:nl]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if self._first and (line.startswith(_HTTP_METHODS) or b" HTTP/1." in line):
-            raise ProtocolError("HTTP request on a RESP port", silent=True)
+        stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+        line = buf[pos:stop]
         self._pos = nl + 1
-        self._first = False
         args = split_inline(line)
-        if args and args[0].lower() in (b"host:", b"post"):
-            # Redis closes silently on these: a browser or HTTP client is talking to us.
+        if not args:
+            return args
+        if self._first:
+            self._first = False
+            if _HTTP_REQUEST_LINE.fullmatch(line):
+                raise ProtocolError("HTTP request on a RESP port", silent=True)
+        if args[0].lower() in _HTTP_WORDS:
             raise ProtocolError("HTTP request on a RESP port", silent=True)
-        if not self.authenticated and len(args) > UNAUTH_MAX_MULTIBULK:
-            raise ProtocolError("unauthenticated multibulk length")
         return args
 
 
+# sdssplitargs skips isspace() characters between arguments but ends an unquoted argument only
+# at these (and at NUL, where the C string ends).
+_BLANKS = b" \t\n\r\x0b\x0c"
+_ARG_ENDS = b" \t\n\r"
 _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
 
 
 def split_inline(line: bytes) -> list[bytes]:
     """Split an inline command like Redis's sdssplitargs (quotes and escapes)."""
+    nul = line.find(b"\0")
+    if nul >= 0:
+        line = line[:nul]
+    if b'"' not in line and b"'" not in line and b"\x0b" not in line and b"\x0c" not in line:
+        return line.split()
     args: list[bytes] = []
     i = 0
     n = len(line)
     while True:
-        while i < n and line[i] in b" \t\r\n\x0b\x0c":
+        while i < n and line[i] in _BLANKS:
             i += 1
         if i >= n:
             return args
@@ -252,7 +368,7 @@ def split_inline(line: bytes) -> list[bytes]:
                     i += 1
                     cur.append(_ESCAPES.get(line[i], line[i]))
                 elif c == 34:
-                    if i + 1 < n and line[i + 1] not in b" \t\r\n\x0b\x0c":
+                    if i + 1 < n and line[i + 1] not in _BLANKS:
                         raise ProtocolError("unbalanced quotes in request")
                     i += 1
                     break
@@ -263,13 +379,13 @@ def split_inline(line: bytes) -> list[bytes]:
                     i += 1
                     cur.append(39)
                 elif c == 39:
-                    if i + 1 < n and line[i + 1] not in b" \t\r\n\x0b\x0c":
+                    if i + 1 < n and line[i + 1] not in _BLANKS:
                         raise ProtocolError("unbalanced quotes in request")
                     i += 1
                     break
                 else:
                     cur.append(c)
-            elif c in b" \t\r\n\x0b\x0c":
+            elif c in _ARG_ENDS:
                 break
             elif c in (34, 39):
                 quote = c
@@ -321,6 +437,9 @@ OK_BYTES = b"+OK\r\n"
 NULL_BULK = b"$-1\r\n"
 NULL_ARRAY = b"*-1\r\n"
 
+_INF = float("inf")
+_DECIMAL_17 = decimal.Decimal("1e-17")  # %.17Lf: 17 decimals
+
 
 def encode_bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
@@ -328,30 +447,60 @@ def encode_bulk(value: bytes) -> bytes:
 
 def encode_error(message: str) -> bytes:
     # Error lines must stay one line; newlines would desynchronise the client.
-    return b"-" + message.replace("\r", " ").replace("\n", " ").encode() + CRLF
+    return b"-" + _utf8(message.replace("\r", " ").replace("\n", " ")) + CRLF
+
+
+def _utf8(text: str) -> bytes:
+    # Text decoded from client bytes with surrogateescape turns back into those bytes; any
+    # other lone surrogate must not make a reply raise.
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def format_double(value: float) -> bytes:
-    """Redis's textual form of a double (INCRBYFLOAT, RESP3 doubles)."""
+    """The text INCRBYFLOAT stores and returns, as Redis 7 writes it.
+
+    Redis prints the long double result with ``%.17Lf`` and strips trailing zeros and the dot
+    (``ld2string``, LD_STR_HUMAN): never an exponent, at most 17 decimals, ``-0`` as ``0``. We
+    hold a double, so the digits are its shortest round-trip form: the same text for every value
+    a user typed or a sum of them carries (10.5+0.1 → ``10.6``, 5.0e3 → ``5000``, 1e20 →
+    ``100000000000000000000``, 1.5e-7 → ``0.00000015``). Where Redis shows its long double's own
+    binary noise (12345678.9 → ``12345678.8999999999996362``) or a double's rounding differs
+    from a long double's (0.1+0.2), the texts differ.
+    """
     if value != value:
         return b"nan"
-    if value in (float("inf"), float("-inf")):
+    if value in (_INF, -_INF):
         return b"inf" if value > 0 else b"-inf"
-    if value == int(value) and abs(value) < 1e17:
-        return b"%d" % int(value)
-    text = f"{value:.17g}"
-    # Redis uses %.17Lg then trims; prefer the shortest repr that round-trips.
-    short = repr(value)
-    if "e" not in short and "inf" not in short:
-        return short.encode()
+    dec = decimal.Decimal(repr(value))
+    exponent = dec.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -17:
+        # Only values below 1 have digits past the 17th decimal; rounding keeps <= 17 digits.
+        dec = dec.quantize(_DECIMAL_17, rounding=decimal.ROUND_HALF_EVEN)
+    text = format(dec, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    if text == "-0":
+        text = "0"
     return text.encode()
+
+
+def format_reply_double(value: float) -> bytes:
+    """A double reply as Redis 7.0 sends it (addReplyDouble: ``%.17g``, ``inf``, ``-inf``)."""
+    if value != value:
+        return b"nan"
+    if value in (_INF, -_INF):
+        return b"inf" if value > 0 else b"-inf"
+    return b"%.17g" % value
 
 
 def encode_reply(value: object, resp3: bool = False) -> bytes:
     """Encode a reply value.
 
     bytes → bulk, None → null, bool → RESP3 boolean (integer in RESP2), int → integer,
-    float → RESP3 double (bulk in RESP2), SimpleString → status, ErrorReply → error,
+    float → RESP3 double (bulk in RESP2; both ``%.17g`` as Redis 7.0), SimpleString → status, ErrorReply → error,
     Verbatim → RESP3 verbatim (bulk in RESP2), list/tuple → array, Push → push, RespSet → set,
     dict → RESP3 map (flat array in RESP2).
     """
@@ -375,17 +524,17 @@ def _encode_into(out: list[bytes], value: object, resp3: bool) -> None:
     elif isinstance(value, ErrorReply):
         out.append(encode_error(value))
     elif isinstance(value, SimpleString):
-        out.append(b"+" + value.encode() + CRLF)
+        out.append(b"+" + _utf8(value) + CRLF)
     elif isinstance(value, Verbatim):
-        raw = value.encode()
+        raw = _utf8(value)
         if resp3:
             out.append(b"=%d\r\ntxt:%b\r\n" % (len(raw) + 4, raw))
         else:
             out.append(encode_bulk(raw))
     elif isinstance(value, str):
-        out.append(encode_bulk(value.encode()))
+        out.append(encode_bulk(_utf8(value)))
     elif isinstance(value, float):
-        text = format_double(value)
+        text = format_reply_double(value)
         out.append(b",%b\r\n" % text if resp3 else encode_bulk(text))
     elif isinstance(value, dict):
         if resp3:
@@ -431,6 +580,7 @@ _LINE_TYPES = frozenset(b"+-:_,#(")
 _BLOB_TYPES = frozenset(b"$!=")
 _AGG_TYPES = frozenset(b"*~>")  # n elements
 _MAP_TYPES = frozenset(b"%|")  # n pairs
+_ALL_TYPES = _LINE_TYPES | _BLOB_TYPES | _AGG_TYPES | _MAP_TYPES
 
 
 class ReplyError(Exception):
@@ -445,6 +595,8 @@ def reply_end(buf: bytes, pos: int = 0) -> int:
         if pos >= n:
             return -1
         kind = buf[pos]
+        if kind not in _ALL_TYPES:
+            raise ReplyError(f"unknown reply type byte {kind!r}")
         nl = buf.find(CRLF, pos)
         if nl < 0:
             return -1
@@ -457,12 +609,16 @@ def reply_end(buf: bytes, pos: int = 0) -> int:
             except ValueError:
                 raise ReplyError(f"bad blob length {buf[pos : nl + 2]!r}") from None
             if size < 0:
+                if size != -1:
+                    raise ReplyError(f"bad blob length {buf[pos : nl + 2]!r}")
                 pos = nl + 2
             else:
                 pos = nl + 2 + size + 2
                 if pos > n:
                     return -1
-        elif kind in _AGG_TYPES or kind in _MAP_TYPES:
+                if buf[pos - 2] != 13 or buf[pos - 1] != 10:
+                    raise ReplyError("missing CRLF after a blob")
+        else:
             try:
                 count = int(buf[pos + 1 : nl])
             except ValueError:
@@ -472,6 +628,4 @@ def reply_end(buf: bytes, pos: int = 0) -> int:
             if kind == 124:  # '|': an attribute map precedes the reply it annotates
                 pending += 1
             pos = nl + 2
-        else:
-            raise ReplyError(f"unknown reply type byte {kind!r}")
     return pos
