@@ -37,9 +37,14 @@ from collections.abc import Callable, Iterator
 # is 56 bytes with its GC header, a VolatileEntry (5 slots) 72; an index or expiry above 256 is
 # its own int object, 28 bytes rounded up to pymalloc's 8-byte classes. The container slots
 # (dict entry, list slots) are counted by used_memory from the containers' allocated sizes.
+# The *_SLACK terms are calibrated with bench/memory_per_key.py (1M keys, 100-byte values):
+# RSS grows by that much more per record than the objects' sizes add up to (pymalloc pool
+# headers and partly filled pools).
 _INT_COST = 32
-ENTRY_COST = 56 + _INT_COST  # record + its idx
-VOLATILE_EXTRA_COST = (72 - 56) + 2 * _INT_COST  # bigger record + expire_at + vidx
+_ENTRY_SLACK = 16
+_VOLATILE_SLACK = 24
+ENTRY_COST = 56 + _INT_COST + _ENTRY_SLACK  # record + its idx
+VOLATILE_EXTRA_COST = (72 - 56) + 2 * _INT_COST + _VOLATILE_SLACK  # bigger record, expiry, vidx
 _PYMALLOC_MAX = 512  # larger objects come from malloc
 _MMAP_THRESHOLD = 128 * 1024  # glibc's default: larger blocks are whole pages
 
@@ -129,7 +134,7 @@ class Keyspace:
         policy: EvictionPolicy = EvictionPolicy.NOEVICTION,
         seed: int | None = None,
     ) -> None:
-        self.maxmemory = maxmemory
+        self._maxmemory = maxmemory
         self._policy = policy
         self.maxmemory_samples = DEFAULT_SAMPLES
         self.stats = KeyspaceStats()
@@ -138,6 +143,9 @@ class Keyspace:
         self._keys: list[bytes] = []
         self._vkeys: list[bytes] = []
         self._mem = 0  # per-record costs; the containers are added in used_memory
+        # The containers' allocated bytes, refreshed on every insert and removal while a
+        # maxmemory is set, so the check before each write is one addition.
+        self._containers = 0
         self._now = 0  # last now_ms seen: the shared recency stamp and the eviction clock
         self._pool: list[tuple[int, bytes]] = []  # eviction candidates, ascending score
         self._rand = random.Random(seed).random
@@ -154,6 +162,21 @@ class Keyspace:
             self._pool.clear()  # scores of another policy are not comparable
         self._policy = policy
 
+    @property
+    def maxmemory(self) -> int:
+        return self._maxmemory
+
+    @maxmemory.setter
+    def maxmemory(self, value: int) -> None:
+        self._maxmemory = value
+        self._refresh_containers()
+
+    def _refresh_containers(self) -> int:
+        self._containers = (
+            self._map.__sizeof__() + self._keys.__sizeof__() + self._vkeys.__sizeof__()
+        )
+        return self._containers
+
     def __len__(self) -> int:
         return len(self._map)
 
@@ -163,8 +186,8 @@ class Keyspace:
 
     @property
     def used_memory(self) -> int:
-        getsizeof = sys.getsizeof
-        return self._mem + getsizeof(self._map) + getsizeof(self._keys) + getsizeof(self._vkeys)
+        # __sizeof__ is O(1) for dicts and lists: it reports their allocated tables.
+        return self._mem + self._refresh_containers()
 
     def _stamp(self, now_ms: int) -> int:
         # Reuse one int object per millisecond so the recency stamp costs no memory per key.
@@ -179,12 +202,13 @@ class Keyspace:
         e = self._map.get(key)
         if e is not None:
             exp = e.expire_at
-            if exp and now_ms > exp:
-                self._expire(key, e)
-            else:
+            if not exp or now_ms <= exp:
                 self.stats.keyspace_hits += 1
-                e.lru = self._stamp(now_ms)
+                if now_ms != self._now:  # _stamp inlined: this is GET's path
+                    self._now = now_ms
+                e.lru = self._now
                 return e
+            self._expire(key, e)
         self.stats.keyspace_misses += 1
         return None
 
@@ -219,9 +243,13 @@ class Keyspace:
         if e.expire_at and now_ms > e.expire_at:
             self._expire(key, e)
             return self._add(key, value, now_ms, expire_at)
-        self._mem += value_cost(value) - value_cost(e.value)
+        old = e.value
+        if not (len(old) == len(value) and old.__class__ is bytes and value.__class__ is bytes):
+            self._mem += value_cost(value) - value_cost(old)
         e.value = value
-        e.lru = self._stamp(now_ms)
+        if now_ms != self._now:  # _stamp inlined: this is SET's path
+            self._now = now_ms
+        e.lru = self._now
         if expire_at:
             return self.set_expire(key, e, expire_at)
         if e.expire_at:
@@ -258,6 +286,8 @@ class Keyspace:
         keys.append(key)
         self._map[key] = e
         self._mem += ENTRY_COST + bytes_cost(len(key)) + value_cost(value)
+        if self._maxmemory:
+            self._refresh_containers()
         return e
 
     def set_expire(self, key: bytes, e: Entry, expire_at: int) -> Entry:
@@ -270,6 +300,8 @@ class Keyspace:
         vkeys.append(key)
         self._map[key] = v
         self._mem += VOLATILE_EXTRA_COST
+        if self._maxmemory:
+            self._refresh_containers()
         return v
 
     def persist(self, key: bytes, e: Entry) -> Entry:
@@ -280,6 +312,8 @@ class Keyspace:
         p = Entry(e.value, e.lru, e.idx)
         self._map[key] = p
         self._mem -= VOLATILE_EXTRA_COST
+        if self._maxmemory:
+            self._refresh_containers()
         return p
 
     def delete(self, key: bytes, now_ms: int) -> bool:
@@ -299,6 +333,7 @@ class Keyspace:
         self._vkeys = []
         self._pool.clear()
         self._mem = 0
+        self._refresh_containers()
 
     def _remove(self, key: bytes, e: Entry) -> None:
         del self._map[key]
@@ -313,6 +348,8 @@ class Keyspace:
             self._vremove(e)
             cost += VOLATILE_EXTRA_COST
         self._mem -= cost
+        if self._maxmemory:
+            self._refresh_containers()
 
     def _vremove(self, e: VolatileEntry) -> None:
         vkeys = self._vkeys
@@ -405,11 +442,12 @@ class Keyspace:
 
     def evict_if_needed(self) -> bool:
         """Evict per policy until used_memory <= maxmemory; False when that is impossible."""
-        if not self.maxmemory or self.used_memory <= self.maxmemory:
+        limit = self._maxmemory
+        if not limit or self._mem + self._containers <= limit:
             return True
         if self._policy is EvictionPolicy.NOEVICTION:
             return False
-        while self.used_memory > self.maxmemory:
+        while self._mem + self._containers > limit:
             key = self._victim()
             if key is None:
                 return False
