@@ -108,21 +108,24 @@ class RequestParser:
 
     __slots__ = (
         "_args",
+        "_authenticated",
         "_buf",
         "_chunks",
         "_chunks_len",
+        "_fast_bulk",
+        "_fast_count",
         "_first",
+        "_limits",
         "_pending_cost",
         "_pos",
         "_remaining",
         "_want",
-        "authenticated",
-        "limits",
     )
 
     def __init__(self, limits: RequestLimits | None = None, *, authenticated: bool = True) -> None:
-        self.limits = limits or RequestLimits()
-        self.authenticated = authenticated
+        self._limits = limits or RequestLimits()
+        self._authenticated = authenticated
+        self._set_fast_limits()
         self._buf = b""
         self._pos = 0
         self._chunks: list[bytes] = []
@@ -132,6 +135,34 @@ class RequestParser:
         self._remaining = 0  # bulks still expected in the current multibulk
         self._pending_cost = 0  # what the finished arguments in _args cost
         self._first = True  # nothing parsed yet on this connection (HTTP detection)
+
+    @property
+    def limits(self) -> RequestLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: RequestLimits) -> None:
+        self._limits = limits
+        self._set_fast_limits()
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the client may send big requests (Redis's authRequired() is false)."""
+        return self._authenticated
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        self._authenticated = value
+        self._set_fast_limits()
+
+    def _set_fast_limits(self) -> None:
+        # The fast path takes what no limit can refuse; anything bigger goes the careful way.
+        limits = self._limits
+        count = limits.max_multibulk
+        if not self._authenticated:
+            count = min(count, UNAUTH_MAX_MULTIBULK)
+        self._fast_count = min(count, _INT_MAX)
+        self._fast_bulk = min(limits.max_bulk, UNAUTH_MAX_BULK, max(_SMALL_LENGTHS.values()))
 
     @property
     def buffered(self) -> int:
@@ -190,9 +221,43 @@ class RequestParser:
 
     def next_command(self) -> list[bytes] | None:
         """Return the next complete command, or None when more data is needed."""
-        # One loop for the common case (a whole multibulk in the buffer): locals only, small
-        # lengths from a table, no helper calls. The order of checks follows Redis's
-        # processMultibulkBuffer, so every malformed input gets Redis's error text.
+        # Fast path: a whole multibulk of small arguments waiting in the buffer, which is what
+        # pipelining clients send. Lengths come from a table and no limit can refuse them; at
+        # the first surprise (incomplete, big, malformed, inline) it hands over to the careful
+        # parser, which starts again from the same position: nothing has been consumed.
+        buf = self._buf
+        pos = self._pos
+        if self._remaining or self._chunks:
+            return self._next_command()
+        try:
+            if buf[pos] != 42:  # '*'
+                return self._next_command()
+            nl = buf.find(CRLF, pos)
+            count = _SMALL_LENGTHS.get(buf[pos + 1 : nl])
+            if nl < 0 or not count or count > self._fast_count:
+                return self._next_command()
+            max_size = self._fast_bulk
+            args = []
+            pos = nl + 2
+            for _ in range(count):
+                nl = buf.find(CRLF, pos)
+                size = _SMALL_LENGTHS.get(buf[pos + 1 : nl])
+                if nl < 0 or buf[pos] != 36 or size is None or size > max_size:
+                    return self._next_command()
+                stop = nl + 2 + size
+                if buf[stop] != 13 or buf[stop + 1] != 10:
+                    return self._next_command()
+                args.append(buf[nl + 2 : stop])
+                pos = stop + 2
+        except IndexError:  # ran off the end: incomplete
+            return self._next_command()
+        self._pos = pos
+        self._first = False
+        return args
+
+    def _next_command(self) -> list[bytes] | None:
+        # The careful parser. The order of checks follows Redis's processMultibulkBuffer, so
+        # every malformed input gets Redis's error text.
         while True:
             buf = self._buf
             pos = self._pos
@@ -279,7 +344,7 @@ class RequestParser:
                 self._remaining = remaining
                 self._want = want
                 self._pending_cost += pos - started + ARG_OVERHEAD * (len(args) - parsed)
-                if self._pending_cost > limits.max_querybuf:
+                if end - pos + self._pending_cost > limits.max_querybuf:
                     raise ProtocolError("query buffer limit exceeded", silent=True)
                 return None
             self._remaining = 0

@@ -1,0 +1,88 @@
+"""``shardgate node``: run a store node."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import signal
+import sys
+
+import trio
+
+from shardgate import logs
+from shardgate.config import ConfigError
+from shardgate.metrics import serve_metrics
+from storenode.config import POLICIES, load_node_config
+from storenode.metrics import collect_node
+from storenode.server import NodeServer, serve
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "node",
+        help="run a store node (a single-threaded, Redis-compatible cache server)",
+        description="Run a store node. Flags override the TOML file given with --config.",
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", help="port to listen on, 0 = any free port (default 7100)")
+    p.add_argument("--maxmemory", help="memory limit for the dataset, e.g. 256mb (0 = none)")
+    p.add_argument("--maxmemory-policy", choices=POLICIES, help="what to do at maxmemory")
+    p.add_argument("--requirepass", help="password clients must AUTH with")
+    p.add_argument("--maxclients", help="maximum client connections (default 10000)")
+    p.add_argument("--metrics-port", help="serve Prometheus metrics on this port")
+    p.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    p.add_argument("--config", metavar="node.toml", help="TOML file with the same settings")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "maxmemory": args.maxmemory,
+        "maxmemory_policy": args.maxmemory_policy,
+        "requirepass": args.requirepass,
+        "maxclients": args.maxclients,
+        "metrics_port": args.metrics_port,
+        "log_format": args.log_format,
+    }
+    try:
+        config = load_node_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"shardgate node: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(role="node", fmt=config.log_format)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server: NodeServer = await nursery.start(
+                functools.partial(serve, config, config_file=args.config)
+            )
+            host, port = server.bound or (config.host, config.port)
+            if config.metrics_port is not None:
+                mport = serve_metrics(
+                    config.metrics_port,
+                    config.host,
+                    lambda: collect_node(server.node, {"node": f"{host}:{port}"}),
+                )
+                logs.log_event("metrics_listening", port=mport)
+            print(f"shardgate node listening on {host}:{port}", flush=True)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    logs.log_event("shutdown", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    failure: OSError | None = None
+    try:
+        trio.run(main)
+    except* OSError as group:
+        failure = group.exceptions[0]  # type: ignore[assignment]
+    if failure is not None:
+        where = f"{config.host}:{config.port}"
+        print(
+            f"shardgate node: cannot listen on {where}: {failure.strerror or failure}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

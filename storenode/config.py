@@ -1,0 +1,124 @@
+"""Store node settings: defaults like Redis's, loaded from TOML and overridden by flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from shardgate.config import ConfigError, check_keys, load_toml, parse_port, parse_size
+from shardgate.resp import (
+    DEFAULT_MAX_BULK,
+    DEFAULT_MAX_INLINE,
+    DEFAULT_MAX_MULTIBULK,
+    DEFAULT_MAX_QUERYBUF,
+    RequestLimits,
+)
+
+POLICIES = (
+    "noeviction",
+    "allkeys-lru",
+    "volatile-lru",
+    "allkeys-random",
+    "volatile-random",
+    "volatile-ttl",
+)
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class NodeConfig:
+    host: str = "127.0.0.1"
+    port: int = 7100
+    maxmemory: int = 256 * 1024 * 1024  # the issue's laptop default
+    maxmemory_policy: str = "allkeys-lru"  # a cache: evict rather than refuse
+    requirepass: str = ""
+    metrics_port: int | None = None
+    maxclients: int = 10000  # Redis default
+    proto_max_bulk_len: int = DEFAULT_MAX_BULK
+    max_multibulk: int = DEFAULT_MAX_MULTIBULK
+    max_inline: int = DEFAULT_MAX_INLINE
+    client_query_buffer_limit: int = DEFAULT_MAX_QUERYBUF
+    # A client that has not read its replies for this long while output is pending is dropped
+    # (Redis's soft output limit idea); output held per client never exceeds the hard cap.
+    client_output_limit: int = 256 * 1024 * 1024
+    client_output_stall_seconds: float = 60.0
+    hz: int = 10  # Redis default: background cycles per second
+    log_format: str = "text"
+
+    def __attrs_post_init__(self) -> None:
+        if self.maxmemory_policy not in POLICIES:
+            raise ConfigError(
+                f"maxmemory-policy: {self.maxmemory_policy!r} is not one of {', '.join(POLICIES)}"
+            )
+        if self.maxclients < 1:
+            raise ConfigError("maxclients: must be at least 1")
+        if not 1 <= self.hz <= 500:
+            raise ConfigError("hz: must be between 1 and 500")
+        if self.proto_max_bulk_len < 1024 * 1024:
+            raise ConfigError("proto-max-bulk-len: must be at least 1mb")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log-format: must be text or json")
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_bulk=self.proto_max_bulk_len,
+            max_multibulk=self.max_multibulk,
+            max_inline=self.max_inline,
+            max_querybuf=self.client_query_buffer_limit,
+        )
+
+
+_SIZES = {
+    "maxmemory",
+    "proto_max_bulk_len",
+    "client_query_buffer_limit",
+    "client_output_limit",
+}
+_INTS = {"maxclients", "hz", "max_multibulk", "max_inline"}
+_FIELDS = {f.name for f in attrs.fields(NodeConfig)}
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a TOML/flag/CONFIG SET value into the field's type, or raise ConfigError."""
+    label = name.replace("_", "-")
+    if name in _SIZES:
+        return parse_size(value, name=label)
+    if name in ("port", "metrics_port"):
+        return parse_port(value, name=label)
+    if name in _INTS:
+        if isinstance(value, bool):
+            raise ConfigError(f"{label}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label}: expected an integer, got {value!r}") from None
+    if name == "client_output_stall_seconds":
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label}: expected a number of seconds, got {value!r}") from None
+        if not 0 < result < 1e9:
+            raise ConfigError(f"{label}: must be positive")
+        return result
+    if not isinstance(value, str):
+        raise ConfigError(f"{label}: expected a string, got {value!r}")
+    if len(value) > 4096 or "\n" in value or "\r" in value or "\x00" in value:
+        raise ConfigError(f"{label}: value is too long or has control characters")
+    return value
+
+
+def load_node_config(path: str | Path | None, overrides: dict[str, Any]) -> NodeConfig:
+    """Defaults, then the TOML file (keys with - or _), then flags (``overrides``)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        table = load_toml(path)
+        table = {k.replace("-", "_"): v for k, v in table.items()}
+        check_keys(table, _FIELDS, where=str(path))
+        values.update(table)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return NodeConfig(**{k: coerce(k, v) for k, v in values.items()})
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
