@@ -1,0 +1,455 @@
+"""Keyspace: records, lazy and active expiry, eviction policies, memory bookkeeping, SCAN."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from storenode.keyspace import (
+    ENTRY_COST,
+    VOLATILE_EXTRA_COST,
+    Entry,
+    EvictionPolicy,
+    Keyspace,
+    VolatileEntry,
+    bytes_cost,
+    value_cost,
+)
+
+NOW = 1_700_000_000_000
+
+
+def check_invariants(ks: Keyspace) -> None:
+    """The arrays index the records exactly, and _mem is the sum of the records' costs."""
+    m = ks._map
+    assert len(ks._keys) == len(m)
+    assert set(ks._keys) == set(m)
+    for i, key in enumerate(ks._keys):
+        assert m[key].idx == i
+    volatile = {k for k, e in m.items() if isinstance(e, VolatileEntry)}
+    assert set(ks._vkeys) == volatile
+    assert len(ks._vkeys) == len(volatile)
+    for i, key in enumerate(ks._vkeys):
+        e = m[key]
+        assert isinstance(e, VolatileEntry)
+        assert e.vidx == i
+        assert e.expire_at > 0
+    for e in m.values():
+        if not isinstance(e, VolatileEntry):
+            assert e.expire_at == 0
+    assert ks._mem == sum(ks.record_size(k, e) for k, e in m.items())
+    assert ks.expires_count == len(volatile)
+
+
+def fill(ks: Keyspace, n: int, *, ttl_every: int = 0, now: int = NOW) -> None:
+    for i in range(n):
+        expire = now + 100_000 + i if ttl_every and i % ttl_every == 0 else 0
+        ks.set(b"key:%d" % i, b"v" * 50, now + i, expire)
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+def test_set_lookup_delete() -> None:
+    ks = Keyspace()
+    assert ks.lookup(b"a", NOW) is None
+    e = ks.set(b"a", b"1", NOW)
+    assert isinstance(e, Entry) and not isinstance(e, VolatileEntry)
+    got = ks.lookup(b"a", NOW)
+    assert got is not None and got.value == b"1"
+    assert len(ks) == 1
+    assert ks.delete(b"a", NOW) is True
+    assert ks.delete(b"a", NOW) is False
+    assert len(ks) == 0
+    assert ks.stats.keyspace_hits == 1
+    assert ks.stats.keyspace_misses == 1
+    check_invariants(ks)
+
+
+def test_set_with_expiry_makes_a_volatile_record_and_set_without_removes_it() -> None:
+    ks = Keyspace()
+    e = ks.set(b"a", b"1", NOW, NOW + 1000)
+    assert isinstance(e, VolatileEntry) and e.expire_at == NOW + 1000
+    assert ks.expires_count == 1
+    e = ks.set(b"a", b"2", NOW)
+    assert not isinstance(e, VolatileEntry)
+    assert ks.expires_count == 0
+    check_invariants(ks)
+
+
+def test_set_keep_ttl_and_persist() -> None:
+    ks = Keyspace()
+    ks.set(b"a", b"1", NOW, NOW + 1000)
+    e = ks.set_keep_ttl(b"a", b"22", NOW)
+    assert e.expire_at == NOW + 1000 and e.value == b"22"
+    e = ks.persist(b"a", e)
+    assert e.expire_at == 0
+    assert ks.persist(b"a", e) is e
+    check_invariants(ks)
+
+
+def test_set_expire_on_existing_record_keeps_value_and_recency() -> None:
+    ks = Keyspace()
+    e = ks.set(b"a", b"1", NOW)
+    v = ks.set_expire(b"a", e, NOW + 5)
+    assert isinstance(v, VolatileEntry)
+    assert (v.value, v.lru, v.idx) == (e.value, e.lru, e.idx)
+    assert ks.set_expire(b"a", v, NOW + 9) is v and v.expire_at == NOW + 9
+    check_invariants(ks)
+
+
+def test_recency_is_refreshed_by_reads_and_writes_but_not_by_peek() -> None:
+    ks = Keyspace()
+    ks.set(b"a", b"1", NOW)
+    ks.lookup(b"a", NOW + 5)
+    assert ks._map[b"a"].lru == NOW + 5
+    ks.peek(b"a", NOW + 9)
+    assert ks._map[b"a"].lru == NOW + 5
+    ks.lookup_write(b"a", NOW + 10)
+    assert ks._map[b"a"].lru == NOW + 10
+
+
+def test_recency_stamp_is_shared_per_millisecond() -> None:
+    ks = Keyspace()
+    ks.set(b"a", b"1", int(str(NOW)))
+    ks.set(b"b", b"1", int(str(NOW)))  # an equal but distinct int object
+    assert ks._map[b"a"].lru is ks._map[b"b"].lru
+
+
+def test_random_operations_keep_the_invariants() -> None:
+    rng = random.Random(7)
+    ks = Keyspace(seed=3)
+    now = NOW
+    for _ in range(5000):
+        now += rng.randrange(3)
+        key = b"k%d" % rng.randrange(200)
+        op = rng.randrange(8)
+        if op == 0:
+            ks.set(key, b"x" * rng.randrange(600), now)
+        elif op == 1:
+            ks.set(key, b"y", now, now + rng.randrange(1, 50))
+        elif op == 2:
+            ks.delete(key, now)
+        elif op == 3:
+            e = ks.lookup_write(key, now)
+            if e is not None:
+                ks.set_expire(key, e, now + rng.randrange(1, 50))
+        elif op == 4:
+            e = ks.lookup_write(key, now)
+            if e is not None:
+                ks.persist(key, e)
+        elif op == 5:
+            ks.active_expire_step(now)
+        elif op == 6:
+            e = ks.lookup_write(key, now)
+            if e is not None:
+                ks.replace_value(e, bytearray(b"z" * rng.randrange(100)))
+        else:
+            ks.random_key(now)
+    check_invariants(ks)
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def test_bytes_cost_follows_the_allocators() -> None:
+    assert bytes_cost(0) == 40  # 33 rounded up to pymalloc's 8-byte classes
+    assert bytes_cost(100) == 136
+    assert bytes_cost(479) == 512
+    assert bytes_cost(480) % 16 == 0 and bytes_cost(480) > 513
+    assert bytes_cost(1 << 20) % 4096 == 0
+    assert value_cost(bytearray(10)) > value_cost(b"x" * 10)
+
+
+def test_used_memory_tracks_overwrite_delete_and_growth() -> None:
+    ks = Keyspace()
+    empty = ks._mem
+    ks.set(b"key", b"x" * 100, NOW)
+    one = ks._mem
+    assert one - empty == ENTRY_COST + bytes_cost(3) + bytes_cost(100)
+    ks.set(b"key", b"x" * 1000, NOW)
+    assert ks._mem - one == bytes_cost(1000) - bytes_cost(100)
+    ks.set(b"key", b"x" * 100, NOW)
+    assert ks._mem == one
+    e = ks.set(b"key", b"x" * 100, NOW, NOW + 10)
+    assert ks._mem == one + VOLATILE_EXTRA_COST
+    ks.persist(b"key", e)
+    assert ks._mem == one
+    live = ks.lookup_write(b"key", NOW)
+    assert live is not None
+    grown = bytearray(live.value) + b"tail"
+    ks.replace_value(live, grown)
+    assert ks._mem == one - bytes_cost(100) + value_cost(grown)
+    ks.delete(b"key", NOW)
+    assert ks._mem == empty
+    assert ks.used_memory >= ks._mem
+    check_invariants(ks)
+
+
+def test_used_memory_includes_the_containers() -> None:
+    ks = Keyspace()
+    fill(ks, 1000)
+    assert ks.used_memory > ks._mem + 1000 * 8  # at least a dict slot and a list slot per key
+
+
+def test_flush_empties_everything() -> None:
+    ks = Keyspace()
+    fill(ks, 100, ttl_every=2)
+    ks.flush()
+    assert len(ks) == 0 and ks.expires_count == 0 and ks._mem == 0
+    check_invariants(ks)
+
+
+# --- expiry --------------------------------------------------------------------------------
+
+
+def test_lazy_expiry_happens_strictly_after_the_deadline() -> None:
+    deleted: list[tuple[bytes, str]] = []
+    ks = Keyspace()
+    ks.on_delete = lambda key, why: deleted.append((key, why))
+    ks.set(b"a", b"1", NOW, NOW + 10)
+    assert ks.lookup(b"a", NOW + 10) is not None  # Redis: expired only when now > when
+    assert deleted == []
+    assert ks.lookup(b"a", NOW + 11) is None
+    assert deleted == [(b"a", "expired")]
+    assert ks.stats.expired_keys == 1
+    assert len(ks) == 0
+    check_invariants(ks)
+
+
+@pytest.mark.parametrize("access", ["lookup", "lookup_write", "peek", "delete"])
+def test_every_access_expires_lazily(access: str) -> None:
+    ks = Keyspace()
+    ks.set(b"a", b"1", NOW, NOW + 1)
+    result = getattr(ks, access)(b"a", NOW + 2)
+    assert result in (None, False)
+    assert len(ks) == 0 and ks.stats.expired_keys == 1
+
+
+def test_set_over_an_expired_key_starts_a_fresh_record() -> None:
+    ks = Keyspace()
+    ks.set(b"a", b"1", NOW, NOW + 1)
+    e = ks.set_keep_ttl(b"a", b"2", NOW + 5)  # the old TTL died with the old value
+    assert e.expire_at == 0
+    assert ks.stats.expired_keys == 1
+    ks.set(b"b", b"1", NOW, NOW + 1)
+    e = ks.set(b"b", b"2", NOW + 5)
+    assert e.expire_at == 0 and ks.stats.expired_keys == 2
+    check_invariants(ks)
+
+
+def test_active_expire_step_samples_at_most_twenty_and_reports_staleness() -> None:
+    ks = Keyspace(seed=1)
+    for i in range(1000):
+        ks.set(b"k%d" % i, b"v", NOW, NOW + 10)
+    before = len(ks)
+    assert ks.active_expire_step(NOW + 11) is True  # every sampled key had expired
+    assert before - len(ks) <= 20
+    steps = 1
+    while ks.active_expire_step(NOW + 11):
+        steps += 1
+        assert steps < 10_000
+    # The cycle stops once a sample is mostly live: with every key expired, that is the end.
+    assert len(ks) == 0
+    assert ks.stats.expired_keys == 1000
+    check_invariants(ks)
+
+
+def test_active_expire_step_stops_when_few_keys_are_stale() -> None:
+    ks = Keyspace(seed=2)
+    for i in range(1000):
+        expire = NOW + 10 if i % 10 == 0 else NOW + 1_000_000
+        ks.set(b"k%d" % i, b"v", NOW, expire)
+    results = [ks.active_expire_step(NOW + 11) for _ in range(50)]
+    assert results.count(True) < 10  # ~10% stale: the shell would stop after one step
+    assert ks.stats.avg_ttl_ms > 0
+    check_invariants(ks)
+
+
+def test_active_expire_ignores_keys_without_ttl() -> None:
+    ks = Keyspace(seed=3)
+    fill(ks, 100)
+    assert ks.active_expire_step(NOW + 10**9) is False
+    assert len(ks) == 100
+
+
+# --- eviction ------------------------------------------------------------------------------
+
+
+def over_limit(ks: Keyspace, fraction: float) -> None:
+    ks.maxmemory = int(ks.used_memory * fraction)
+
+
+def test_no_limit_never_evicts() -> None:
+    ks = Keyspace(policy=EvictionPolicy.ALLKEYS_LRU)
+    fill(ks, 100)
+    assert ks.evict_if_needed() is True
+    assert len(ks) == 100
+
+
+def test_noeviction_refuses() -> None:
+    ks = Keyspace()
+    fill(ks, 100)
+    over_limit(ks, 0.5)
+    assert ks.evict_if_needed() is False
+    assert len(ks) == 100
+
+
+def test_allkeys_lru_evicts_the_idle_keys_until_under_the_limit() -> None:
+    evicted: list[bytes] = []
+    ks = Keyspace(policy=EvictionPolicy.ALLKEYS_LRU, seed=4)
+    ks.on_delete = lambda key, why: evicted.append(key) if why == "evicted" else None
+    fill(ks, 1000)  # key:i last touched at NOW + i
+    over_limit(ks, 0.6)
+    assert ks.evict_if_needed() is True
+    assert ks.used_memory <= ks.maxmemory
+    assert ks.stats.evicted_keys == len(evicted) > 0
+    # Sampled LRU is approximate, but the most recent keys survive.
+    recent = {b"key:%d" % i for i in range(900, 1000)}
+    assert not recent & set(evicted)
+    mean = sum(int(k.split(b":")[1]) for k in evicted) / len(evicted)
+    assert mean < 400
+    check_invariants(ks)
+
+
+def test_volatile_lru_only_evicts_keys_with_ttl() -> None:
+    ks = Keyspace(policy=EvictionPolicy.VOLATILE_LRU, seed=5)
+    fill(ks, 1000, ttl_every=2)
+    over_limit(ks, 0.8)
+    assert ks.evict_if_needed() is True
+    assert all(f"key:{i}".encode() in ks._map for i in range(1, 1000, 2))
+    check_invariants(ks)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [EvictionPolicy.VOLATILE_LRU, EvictionPolicy.VOLATILE_RANDOM, EvictionPolicy.VOLATILE_TTL],
+)
+def test_volatile_policies_give_up_without_candidates(policy: EvictionPolicy) -> None:
+    ks = Keyspace(policy=policy, seed=6)
+    fill(ks, 100)
+    over_limit(ks, 0.5)
+    assert ks.evict_if_needed() is False
+    assert len(ks) == 100
+
+
+def test_allkeys_random_evicts_until_under_the_limit() -> None:
+    ks = Keyspace(policy=EvictionPolicy.ALLKEYS_RANDOM, seed=7)
+    fill(ks, 1000, ttl_every=3)
+    over_limit(ks, 0.5)
+    assert ks.evict_if_needed() is True
+    assert ks.used_memory <= ks.maxmemory
+    check_invariants(ks)
+
+
+def test_volatile_random_only_evicts_keys_with_ttl() -> None:
+    ks = Keyspace(policy=EvictionPolicy.VOLATILE_RANDOM, seed=8)
+    fill(ks, 1000, ttl_every=2)
+    over_limit(ks, 0.8)
+    assert ks.evict_if_needed() is True
+    assert all(f"key:{i}".encode() in ks._map for i in range(1, 1000, 2))
+    check_invariants(ks)
+
+
+def test_volatile_ttl_evicts_the_soonest_expiry_first() -> None:
+    ks = Keyspace(policy=EvictionPolicy.VOLATILE_TTL, seed=9)
+    ks.maxmemory_samples = 10_000  # sample everything: the choice becomes exact
+    for i in range(100):
+        ks.set(b"k%d" % i, b"v", NOW, NOW + 1000 - i)  # k99 expires first
+    ks.set(b"persistent", b"v", NOW)
+    record = ks.record_size(b"k99", ks._map[b"k99"])  # every k* record costs the same
+    ks.maxmemory = ks.used_memory - 5 * record + 1
+    assert ks.evict_if_needed() is True
+    gone = {b"k%d" % i for i in range(100)} - set(ks._map)
+    assert gone == {b"k%d" % i for i in range(95, 100)}
+    assert b"persistent" in ks._map
+
+
+def test_eviction_pool_survives_deletion_of_its_candidates() -> None:
+    ks = Keyspace(policy=EvictionPolicy.ALLKEYS_LRU, seed=10)
+    fill(ks, 200)
+    over_limit(ks, 0.9)
+    ks.evict_if_needed()
+    for key, _ in list(ks._map.items())[:150]:  # delete most keys, pool entries included
+        ks.delete(key, NOW)
+    fill(ks, 200, now=NOW + 10_000)
+    assert ks.evict_if_needed() is True
+    assert ks.used_memory <= ks.maxmemory
+    check_invariants(ks)
+
+
+def test_changing_policy_clears_the_pool() -> None:
+    ks = Keyspace(policy=EvictionPolicy.ALLKEYS_LRU, seed=11)
+    fill(ks, 200)
+    over_limit(ks, 0.9)
+    ks.evict_if_needed()
+    ks.policy = EvictionPolicy.VOLATILE_TTL
+    assert ks._pool == []
+    assert ks.policy is EvictionPolicy.VOLATILE_TTL
+
+
+def test_lowering_maxmemory_at_runtime_takes_effect_at_the_next_check() -> None:
+    ks = Keyspace(policy=EvictionPolicy.ALLKEYS_RANDOM, seed=12)
+    fill(ks, 100)
+    assert ks.evict_if_needed() is True and len(ks) == 100
+    ks.maxmemory = ks.used_memory // 2
+    assert ks.evict_if_needed() is True
+    assert ks.used_memory <= ks.maxmemory
+
+
+# --- whole-keyspace access -----------------------------------------------------------------
+
+
+def test_random_key_skips_and_deletes_expired_keys() -> None:
+    ks = Keyspace(seed=13)
+    assert ks.random_key(NOW) is None
+    for i in range(10):
+        ks.set(b"gone%d" % i, b"v", NOW, NOW + 1)
+    assert ks.random_key(NOW + 5) is None
+    assert len(ks) == 0
+    ks.set(b"live", b"v", NOW)
+    assert ks.random_key(NOW) == b"live"
+
+
+def test_scan_returns_every_stable_key_despite_concurrent_changes() -> None:
+    rng = random.Random(14)
+    ks = Keyspace(seed=14)
+    stable = {b"stable%d" % i for i in range(300)}
+    for key in stable:
+        ks.set(key, b"v", NOW)
+    churn = [b"churn%d" % i for i in range(300)]
+    for key in churn[:150]:
+        ks.set(key, b"v", NOW)
+    seen: list[bytes] = []
+    cursor = 0
+    for _ in range(10_000):
+        cursor, batch = ks.scan(cursor, rng.randrange(1, 20), NOW)
+        seen.extend(batch)
+        for _ in range(5):  # deletions move the last key into the hole; inserts append
+            key = rng.choice(churn)
+            if rng.random() < 0.5:
+                ks.delete(key, NOW)
+            else:
+                ks.set(key, b"v", NOW)
+        if cursor == 0:
+            break
+    assert cursor == 0
+    assert stable <= set(seen)
+
+
+def test_scan_skips_expired_keys_and_handles_stale_cursors() -> None:
+    ks = Keyspace()
+    ks.set(b"a", b"v", NOW)
+    ks.set(b"b", b"v", NOW, NOW + 1)
+    cursor, keys = ks.scan(0, 10, NOW + 5)
+    assert (cursor, keys) == (0, [b"a"])
+    assert ks.scan(12345, 10, NOW) == (0, [b"a"])  # beyond the end: from the end
+
+
+def test_iter_keys_skips_expired_keys_without_deleting() -> None:
+    ks = Keyspace()
+    ks.set(b"a", b"v", NOW)
+    ks.set(b"b", b"v", NOW, NOW + 1)
+    assert list(ks.iter_keys(NOW + 5)) == [b"a"]
+    assert len(ks) == 2
