@@ -286,15 +286,19 @@ class BackendConn:
         need = 0  # bytes the head reply needs before scanning again (large bulks)
         streak = 0
         observe = self.latency.observe
+        wait = False
         while True:
+            if wait:
+                await trio.lowlevel.wait_readable(sock)
             try:
                 data = sock.recv(RECV_SIZE)
             except BlockingIOError:
                 streak = 0
-                await trio.lowlevel.wait_readable(sock)
+                wait = True
                 continue
             if not data:
                 raise BackendLost("connection closed by backend")
+            wait = len(data) < RECV_SIZE  # a short read emptied the socket
             buf = buf + data if buf else data
             n = len(buf)
             if n < need:
@@ -330,7 +334,7 @@ class BackendConn:
             if self.health.state is State.RETIRED and not waiters:
                 raise BackendLost("retired")
             streak += 1
-            if streak >= FAIR_BATCHES:
+            if streak >= FAIR_BATCHES and not wait:
                 streak = 0
                 await trio.lowlevel.checkpoint()
 

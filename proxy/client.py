@@ -20,8 +20,9 @@ import trio
 
 from proxy.local import NOAUTH, Action, LocalContext, Session, execute
 from proxy.ordering import Pending, ReplyQueue
+from proxy.requests import RequestReader
 from proxy.router import Local, Reject, Split
-from shardgate.resp import ProtocolError, RequestParser
+from shardgate.resp import ProtocolError
 
 if TYPE_CHECKING:
     from proxy.server import Proxy
@@ -53,7 +54,7 @@ class ClientConn:
         self.sock = sock
         authed = proxy.config.requirepass is None
         self.session = Session(client_id, authenticated=authed)
-        self.parser = RequestParser(proxy.config.limits, authenticated=authed)
+        self.parser = RequestReader(proxy.config.limits, authenticated=authed)
         self.queue = ReplyQueue()
         self.outbuf: list[bytes] = []
         self.outlen = 0
@@ -91,18 +92,23 @@ class ClientConn:
         max_outstanding = config.max_outstanding
         max_output = config.max_output
         streak = 0
+        wait = False
         while not self.closing and not self.dead:
             if len(self.queue) >= max_outstanding or self.outlen > max_output:
                 await self._park_reader()
                 continue
+            if wait:
+                await trio.lowlevel.wait_readable(sock)
             try:
                 data = sock.recv(RECV_SIZE)
             except BlockingIOError:
                 streak = 0
-                await trio.lowlevel.wait_readable(sock)
+                wait = True
                 continue
             if not data:
                 return
+            # A short read emptied the socket: wait for readiness rather than trying again.
+            wait = len(data) < RECV_SIZE
             try:
                 parser.feed(data)
                 self._dispatch(parser)
@@ -113,11 +119,11 @@ class ClientConn:
                 self.closing = True
             self.flush()
             streak += 1
-            if streak >= FAIR_BATCHES:
+            if streak >= FAIR_BATCHES and not wait:
                 streak = 0
                 await trio.lowlevel.checkpoint()
 
-    def _dispatch(self, parser: RequestParser) -> None:
+    def _dispatch(self, parser: RequestReader) -> None:
         proxy = self.proxy
         router = proxy.router
         conns = proxy.shard_conns
@@ -127,7 +133,8 @@ class ClientConn:
         counts = stats.commands
         now = trio.current_time()
         deadline = now + proxy.config.timeout
-        while (args := parser.next_command()) is not None:
+        while (item := parser.next()) is not None:
+            args, raw = item
             name = args[0]
             counts[name] = counts.get(name, 0) + 1
             if not session.authenticated:
@@ -147,7 +154,7 @@ class ClientConn:
                     continue
                 pending = Pending(self, now, deadline)
                 queue.append(pending)
-                conn.submit(pending, 0, proxy.encode(args))
+                conn.submit(pending, 0, raw if raw is not None else proxy.encode(args))
             elif type(decision) is Split:
                 self._split(decision, now, deadline)
             elif type(decision) is Local:
@@ -184,7 +191,7 @@ class ClientConn:
         was_authed = session.authenticated
         reply, action = execute(args, decision.spec, session, ctx)
         if session.authenticated != was_authed:
-            self.parser.authenticated = session.authenticated
+            self.parser.set_authenticated(session.authenticated)
         if action is Action.RELOAD:
             pending = Pending(self, 0.0, float("inf"))
             self.queue.append(pending)

@@ -22,13 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import xxhash
+
 from proxy import merge
 from shardgate.commands import COMMANDS, PROXY_ONLY, CommandSpec, Route
 from shardgate.errors import wrong_arity
 from shardgate.resp import encode_command, encode_error
-from shardgate.slots import SLOTS, slot_for_key
+from shardgate.slots import SLOTS, hash_tag, slot_for_key
 from shardgate.topology import NodeAddress, Topology
 
+_xxh3 = xxhash.xxh3_64_intdigest
 CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 
 Merge = Callable[[list[bytes]], bytes]
@@ -37,6 +40,9 @@ Merge = Callable[[list[bytes]], bytes]
 # one dict lookup after the first time.
 _SPECS: dict[bytes, CommandSpec | None] = {}
 _ALL_SPECS = {**COMMANDS, **PROXY_ONLY}
+# Wire name → arity, for the commands with exactly one key, at argument 1 (GET, SET, INCR …):
+# the hot path routes those with one dict lookup and one hash.
+_SINGLE_KEY: dict[bytes, int] = {}
 
 
 def lookup(name: bytes) -> CommandSpec | None:
@@ -50,6 +56,8 @@ def lookup(name: bytes) -> CommandSpec | None:
         spec = None
     if len(_SPECS) < 4096:  # bound the cache against clients sending random names
         _SPECS[name] = spec
+        if spec is not None and spec.route is Route.KEYED and spec.first_key == spec.last_key == 1:
+            _SINGLE_KEY[name] = spec.arity
     return spec
 
 
@@ -108,6 +116,14 @@ class Router:
         return self.slot_owner[slot_for_key(key)]
 
     def route(self, args: list[bytes]) -> Decision:
+        arity = _SINGLE_KEY.get(args[0])
+        if arity is not None:
+            argc = len(args)
+            if argc == arity or (arity < 0 and argc >= -arity):
+                key = args[1]
+                if b"{" in key:
+                    key = hash_tag(key)
+                return self.slot_owner[_xxh3(key) % SLOTS]
         spec = lookup(args[0])
         if spec is None:
             return unsupported(args[0])

@@ -54,6 +54,8 @@ class Proxy:
         self.next_client_id = 0
         self.reload_lock = trio.Lock()
         self.encode = _pack
+        self._dirty: list[ClientConn] = []
+        self._flusher: trio.lowlevel.Task | None = None
 
     # -- backends -------------------------------------------------------------------------------
 
@@ -69,7 +71,7 @@ class Proxy:
             reconnect_interval=c.reconnect_interval,
             password=c.backend_password,
             latency=latency,
-            on_flush=_flush_clients,
+            on_flush=self._defer_flush,
         )
 
     async def _open_backends(self, topology: Topology) -> None:
@@ -99,6 +101,31 @@ class Proxy:
                 conn.retire()
                 self.retired.append(conn)
                 log_event("backend_retired", backend=conn.label, inflight=conn.inflight)
+
+    # -- writing replies ------------------------------------------------------------------------
+
+    def _defer_flush(self, clients: list[ClientConn]) -> None:
+        """Clients with new replies: flushed once by the flusher, in the next scheduler batch,
+        so replies from every backend that answered in this batch go out in one send."""
+        self._dirty.extend(clients)
+        task = self._flusher
+        if task is not None:
+            self._flusher = None
+            trio.lowlevel.reschedule(task)
+
+    async def _flush_loop(self) -> None:
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._flusher = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            if not self._dirty:
+                self._flusher = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(abort)
+                continue
+            dirty, self._dirty = self._dirty, []
+            for client in dirty:
+                client.flush()
 
     def backend_list(self) -> Iterable[tuple[BackendConn, str]]:
         names = {s.primary: s.name for s in self.router.topology.shards}
@@ -238,11 +265,6 @@ def _pack(args: list[bytes]) -> bytes:
     return hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
 
 
-def _flush_clients(clients: list[Any]) -> None:
-    for client in clients:
-        client.flush()
-
-
 def listen_socket(config: ProxyConfig) -> socket.socket:
     infos = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)
     family, type_, proto, _, addr = infos[0]
@@ -279,6 +301,7 @@ async def serve(
                 )
                 log_event("metrics_listening", host=config.metrics_host, port=port)
             nursery.start_soon(proxy._sighup)
+            nursery.start_soon(proxy._flush_loop)
             nursery.start_soon(proxy.accept_loop, lsock)
             host, port = lsock.getsockname()[:2]
             log_event(
