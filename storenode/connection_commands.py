@@ -278,7 +278,9 @@ def _config(node: Node, s: Session, args: list[bytes]) -> bytes:
         apply_config(node, new)
         return b"+OK\r\n"
     if sub == b"resetstat" and len(args) == 2:
-        node.stats.command_calls.clear()
+        for counters in node.stats.command_calls.values():
+            counters.calls = counters.failed = 0
+            counters.usec = 0.0
         node.stats.error_prefixes.clear()
         node.keyspace.stats.keyspace_hits = node.keyspace.stats.keyspace_misses = 0
         return b"+OK\r\n"
@@ -293,6 +295,7 @@ def apply_config(node: Node, new: NodeConfig) -> None:
     node.config = new
     node.keyspace.maxmemory = new.maxmemory
     node.keyspace.policy = EvictionPolicy(new.maxmemory_policy)
+    node.executor.proto_max_bulk_len = new.proto_max_bulk_len
     limits = new.limits
     for session in node.sessions.values():
         session.parser.limits = limits

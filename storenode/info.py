@@ -136,6 +136,8 @@ def _keyspace(node: Node) -> list[tuple[str, object]]:
 def _commandstats(node: Node) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     for name, (calls, usec, failed) in sorted(node.stats.command_calls.items()):
+        if not calls:
+            continue
         per = usec / calls if calls else 0.0
         out.append(
             (

@@ -68,6 +68,8 @@ def collect_node(node: Node, labels: dict[str, str]) -> Iterable[Metric]:
         labels=[*names, "command"],
     )
     for command, (count, _usec, failed) in list(node.stats.command_calls.items()):
+        if not count:
+            continue
         calls.add_metric([*values, command], count)
         errors.add_metric([*values, command], failed)
     latency = HistogramMetricFamily(

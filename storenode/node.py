@@ -4,6 +4,10 @@
 the command table (unknown command, arity, authentication, memory), hands data commands to the
 pure ``Executor`` and connection/server commands to ``connection_commands``, and translates
 ``CommandError`` into an error reply in exactly one place.
+
+Dispatch is one dict lookup: ``_routes`` maps both spellings of each name (lower and upper
+case, what clients send) to a ``_Route`` holding the handler and the checks, precomputed from
+the command table, so a GET costs no per-call flag parsing.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import secrets
 import time
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from time import perf_counter_ns, time_ns
 
 import attrs
@@ -26,15 +31,41 @@ from storenode.executor import Executor
 from storenode.keyspace import EvictionPolicy, Keyspace
 from storenode.session import Session
 
+Handler = Callable[["Node", Session, list[bytes]], bytes]
+DataHandler = Callable[[list[bytes], int], object]
+
 _NOAUTH = encode_error("NOAUTH Authentication required.")
 _OOM_TEXT = "OOM command not allowed when used memory > 'maxmemory'."
 
-# Both spellings are looked up by the exact bytes first: clients send lowercase or uppercase.
-_SPECS: dict[bytes, CommandSpec] = {}
-for _spec in COMMANDS.values():
-    _SPECS[_spec.name.encode()] = _spec
-    _SPECS[_spec.name.upper().encode()] = _spec
-_DENYOOM = frozenset(spec for spec in COMMANDS.values() if "denyoom" in spec.flags)
+
+class CommandCounters:
+    """What INFO commandstats shows for one command."""
+
+    __slots__ = ("calls", "failed", "usec")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.usec = 0.0
+        self.failed = 0
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.calls, self.usec, self.failed))
+
+
+class _Route:
+    """Everything dispatch needs about one command."""
+
+    __slots__ = ("arity", "counters", "data", "denyoom", "local", "name", "noauth", "spec")
+
+    def __init__(self, spec: CommandSpec, local: Handler | None, data: DataHandler | None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.arity = spec.arity
+        self.local = local
+        self.data = data
+        self.denyoom = "denyoom" in spec.flags
+        self.noauth = "noauth" in spec.flags
+        self.counters = CommandCounters()
 
 
 @attrs.define(slots=True)
@@ -47,10 +78,7 @@ class NodeStats:
     error_replies: int = 0
     protocol_errors: int = 0
     output_limit_disconnections: int = 0
-    # name → [calls, usec, failed]
-    command_calls: defaultdict[str, list[float]] = attrs.field(
-        factory=lambda: defaultdict(lambda: [0, 0.0, 0])
-    )
+    command_calls: dict[str, CommandCounters] = attrs.field(factory=dict)
     error_prefixes: defaultdict[str, int] = attrs.field(factory=lambda: defaultdict(int))
     latency: FastHistogram = attrs.field(factory=FastHistogram)
 
@@ -64,13 +92,23 @@ class Node:
             maxmemory=config.maxmemory, policy=EvictionPolicy(config.maxmemory_policy)
         )
         self.executor = Executor(self.keyspace)
+        self.executor.proto_max_bulk_len = config.proto_max_bulk_len
         self.sessions: dict[int, Session] = {}
         self.stats = NodeStats()
         self.run_id = secrets.token_hex(20)
         self.started_wall = time.time()
         self.used_memory_peak = 0
         self._next_client_id = 1
-        self._local = connection_commands.HANDLERS
+        self._routes: dict[bytes, _Route] = {}
+        for spec in COMMANDS.values():
+            local = connection_commands.HANDLERS.get(spec.name)
+            data = None if local else getattr(self.executor, f"cmd_{spec.name}", None)
+            if local is None and data is None:
+                raise RuntimeError(f"no handler for {spec.name}")  # a command-table bug
+            route = _Route(spec, local, data)
+            self.stats.command_calls[spec.name] = route.counters
+            self._routes[spec.name.encode()] = route
+            self._routes[spec.name.upper().encode()] = route
 
     def new_client_id(self) -> int:
         cid = self._next_client_id
@@ -78,53 +116,50 @@ class Node:
         return cid
 
     def execute(self, session: Session, args: list[bytes]) -> bytes:
-        name = args[0]
-        spec = _SPECS.get(name) or _SPECS.get(name.lower())
-        if spec is None:
+        route = self._routes.get(args[0]) or self._routes.get(args[0].lower())
+        if route is None:
             return self._error(unknown_command(args).message)
         argc = len(args)
-        if argc != spec.arity and (spec.arity >= 0 or argc < -spec.arity):
-            return self._error(wrong_arity(spec.name).message)
-        if not session.authenticated and "noauth" not in spec.flags:
+        if argc != route.arity and (route.arity >= 0 or argc < -route.arity):
+            return self._error(wrong_arity(route.name).message)
+        if not session.authenticated and not route.noauth:
             self.stats.error_replies += 1
             return _NOAUTH
-        cname = spec.name
-        session.last_cmd = cname
+        session.last_cmd = route.name
         started = perf_counter_ns()
         try:
-            local = self._local.get(cname)
-            if local is not None:
-                reply = local(self, session, args)
+            data = route.data
+            if data is not None:
+                ks = self.keyspace
+                if route.denyoom and ks.maxmemory and not ks.evict_if_needed():
+                    return self._error(_OOM_TEXT, route)
+                value = data(args, time_ns() // 1_000_000)
+                if value.__class__ is bytes:  # GET and friends: skip the generic encoder
+                    reply = b"$%d\r\n%b\r\n" % (len(value), value)
+                else:
+                    reply = encode_reply(value, session.resp3)
             else:
-                if (
-                    spec in _DENYOOM
-                    and self.keyspace.maxmemory
-                    and not self.keyspace.evict_if_needed()
-                ):
-                    return self._error(_OOM_TEXT, cname)
-                value = self.executor.execute(args, time_ns() // 1_000_000)
-                reply = encode_reply(value, session.resp3)
+                reply = route.local(self, session, args)  # type: ignore[misc]
         except CommandError as exc:
-            return self._error(exc.message, cname)
+            return self._error(exc.message, route)
         elapsed = perf_counter_ns() - started
         stats = self.stats
         stats.commands_processed += 1
-        entry = stats.command_calls[cname]
-        entry[0] += 1
-        entry[1] += elapsed / 1000
+        counters = route.counters
+        counters.calls += 1
+        counters.usec += elapsed / 1000
         # FastHistogram.observe inlined: this runs for every command.
         latency = stats.latency
         latency.counts[bisect_left(latency.bounds_ns, elapsed)] += 1
         latency.total += elapsed / 1e9
         return reply
 
-    def _error(self, message: str, command: str | None = None) -> bytes:
+    def _error(self, message: str, route: _Route | None = None) -> bytes:
         stats = self.stats
         stats.error_replies += 1
         stats.error_prefixes[message.split(" ", 1)[0]] += 1
-        if command is not None:
+        if route is not None:
             stats.commands_processed += 1
-            entry = stats.command_calls[command]
-            entry[0] += 1
-            entry[2] += 1
+            route.counters.calls += 1
+            route.counters.failed += 1
         return encode_error(message)
