@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import signal
 import subprocess
 import sys
@@ -86,24 +87,46 @@ async def _main(config: ProxyConfig) -> int:
     return 0
 
 
+def _worker_argv(args: argparse.Namespace, index: int) -> list[str]:
+    """The command line of worker ``index``: the same options, one process, SO_REUSEPORT."""
+    argv = [sys.executable, "-m", "proxy", "--host", args.host, "--port", str(args.port)]
+    for flag, value in (
+        ("--config", args.config),
+        ("--backends", args.backends),
+        ("--requirepass", args.requirepass),
+        ("--backend-password", args.backend_password),
+        ("--metrics-host", args.metrics_host),
+        ("--timeout-ms", args.timeout_ms),
+        ("--backend-connections", args.backend_connections),
+        ("--maxclients", args.maxclients),
+        ("--log-format", args.log_format),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.metrics_port is not None:
+        argv += ["--metrics-port", str(args.metrics_port + index)]  # one port per worker
+    return [*argv, "--workers", "1", "--reuse-port"]
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the parent dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_workers(args: argparse.Namespace, workers: int) -> int:
     """Start N single-worker processes on one port; forward SIGHUP/SIGTERM; wait for them."""
-    argv = [a for a in sys.argv[1:]]
-    base = [
-        sys.executable,
-        "-m",
-        "shardgate",
-        *_without_workers(argv),
-        "--workers",
-        "1",
-        "--reuse-port",
+    procs = [
+        subprocess.Popen(
+            _worker_argv(args, i),
+            stdout=subprocess.DEVNULL if i else None,
+            preexec_fn=_die_with_parent,
+        )
+        for i in range(workers)
     ]
-    procs = []
-    for i in range(workers):
-        cmd = list(base)
-        if args.metrics_port is not None:
-            cmd = _replace_opt(cmd, "--metrics-port", str(args.metrics_port + i))
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL if i else None))
 
     def forward(signum: int, _frame: object) -> None:
         for p in procs:
@@ -115,42 +138,5 @@ def _run_workers(args: argparse.Namespace, workers: int) -> int:
     log_event("workers_started", workers=workers, pids=",".join(str(p.pid) for p in procs))
     code = 0
     for p in procs:
-        while True:
-            try:
-                code = max(code, p.wait())
-                break
-            except InterruptedError:
-                continue
+        code = max(code, p.wait())
     return code
-
-
-def _without_workers(argv: list[str]) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--workers":
-            skip = True
-            continue
-        if a.startswith("--workers="):
-            continue
-        out.append(a)
-    return out
-
-
-def _replace_opt(cmd: list[str], opt: str, value: str) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for a in cmd:
-        if skip:
-            skip = False
-            continue
-        if a == opt:
-            skip = True
-            continue
-        if a.startswith(opt + "="):
-            continue
-        out.append(a)
-    return [*out, opt, value]

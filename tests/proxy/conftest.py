@@ -45,10 +45,15 @@ def wait_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a proxy with workers forwards it), then SIGKILL if it lingers."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGCONT)
-        proc.kill()
+            proc.terminate()
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     proc.wait(timeout=10)
 
 
