@@ -79,7 +79,7 @@ class Executor(StringCommands, KeyCommands):
             len(args) == 2 and not (eq(args[1], b"sync") or eq(args[1], b"async"))
         ):
             raise syntax_error()
-        self.ks.flush()
+        self.ks.flush(lazy=len(args) == 2 and eq(args[1], b"async"))
         return OK
 
     cmd_flushall = cmd_flushdb  # one database: the same thing

@@ -13,25 +13,27 @@ How it works
   by whatever touches it next (lazy). ``active_expire_step`` samples 20 random keys with a TTL,
   deletes the expired ones and returns True when more than 25% of them had expired, so the
   shell repeats it within its ~1 ms budget (Redis's activeExpireCycle, adaptive sampling).
-- Eviction. Redis's approximated LRU: sample ``maxmemory_samples`` keys (from ``_keys`` or
-  ``_vkeys`` by policy), keep the best 16 candidates in a pool across calls, evict the best
-  one still present. volatile-ttl scores by the soonest expiry. ``bench/lru_sim.py`` measures
-  the hit rate against exact LRU.
+- Eviction (``storenode/eviction.py``): Redis's approximated LRU with a 16-candidate pool fed
+  by ``maxmemory_samples`` random draws from ``_keys`` or ``_vkeys``; volatile-ttl scores by the
+  soonest expiry. ``bench/lru_sim.py`` measures the hit rate against exact LRU.
 - Memory. ``used_memory`` is the sum of per-record costs (CPython allocator sizes of the key
   and value bytes, the record, its int fields), kept current in O(1) per write, plus the
-  allocated size of the dict and the two arrays (``sys.getsizeof`` is O(1)).
+  allocated size of the dict and the two arrays (``__sizeof__`` is O(1)).
   ``bench/memory_per_key.py`` checks it against RSS growth.
 - The recency stamp is the ``now_ms`` int object itself, shared by every key touched in the
   same millisecond, so it costs no memory per key.
+- Nothing here is O(number of keys) in one call except KEYS, a synchronous FLUSHALL and an
+  eviction asked to free a lot at once: SCAN walks ``_keys`` downwards (see ``scan``),
+  RANDOMKEY gives up deleting expired samples after 100, and FLUSHALL ASYNC leaves the old
+  containers to be freed a chunk per active cycle step.
 """
 
 from __future__ import annotations
 
-import bisect
-import enum
 import random
 from collections.abc import Callable, Iterator
 
+from storenode.eviction import DEFAULT_SAMPLES, VOLATILE_POLICIES, EvictionPolicy, choose_victim
 from storenode.records import (
     ENTRY_COST,
     VOLATILE_EXTRA_COST,
@@ -54,24 +56,14 @@ __all__ = [
 ]
 
 
-class EvictionPolicy(enum.Enum):
-    NOEVICTION = "noeviction"
-    ALLKEYS_LRU = "allkeys-lru"
-    VOLATILE_LRU = "volatile-lru"
-    ALLKEYS_RANDOM = "allkeys-random"
-    VOLATILE_RANDOM = "volatile-random"
-    VOLATILE_TTL = "volatile-ttl"
-
-
-_VOLATILE_POLICIES = frozenset(
-    {EvictionPolicy.VOLATILE_LRU, EvictionPolicy.VOLATILE_RANDOM, EvictionPolicy.VOLATILE_TTL}
-)
-
-# Redis defaults: ACTIVE_EXPIRE_CYCLE_KEYS_PER_LOOP, the 25% "stale" threshold of the cycle,
-# maxmemory-samples and EVPOOL_SIZE.
+# Redis default: ACTIVE_EXPIRE_CYCLE_KEYS_PER_LOOP (with the 25% "stale" threshold below).
 EXPIRE_SAMPLE = 20
-DEFAULT_SAMPLES = 5
-POOL_SIZE = 16
+# RANDOMKEY: random samples before giving up on deleting expired keys one by one (Redis's
+# replica guard in dbRandomKey also stops at 100), then positions probed for a live key.
+RANDOM_KEY_TRIES = 100
+RANDOM_KEY_PROBE = 1000
+# FLUSHALL ASYNC: dropped items freed per active cycle step (~50 us of deallocation).
+LAZYFREE_CHUNK = 1000
 
 
 class KeyspaceStats:
@@ -105,6 +97,11 @@ class Keyspace:
         # The containers' allocated bytes, refreshed on every insert and removal while a
         # maxmemory is set, so the check before each write is one addition.
         self._containers = 0
+        # FLUSHALL ASYNC hands the old containers here; active_expire_step frees them a chunk
+        # at a time instead of stalling for the whole deallocation.
+        self._lazyfree: list[dict[bytes, Entry] | list[bytes]] = []
+        self._lazyfree_items = 0  # items left in _lazyfree
+        self._lazyfree_bytes = 0  # estimated memory they still hold
         self._now = 0  # last now_ms seen: the shared recency stamp and the eviction clock
         self._pool: list[tuple[int, bytes]] = []  # eviction candidates, ascending score
         self._rand = random.Random(seed).random
@@ -132,7 +129,10 @@ class Keyspace:
 
     def _refresh_containers(self) -> int:
         self._containers = (
-            self._map.__sizeof__() + self._keys.__sizeof__() + self._vkeys.__sizeof__()
+            self._map.__sizeof__()
+            + self._keys.__sizeof__()
+            + self._vkeys.__sizeof__()
+            + self._lazyfree_bytes
         )
         return self._containers
 
@@ -286,7 +286,13 @@ class Keyspace:
         self._remove(key, e)
         return True
 
-    def flush(self) -> None:
+    def flush(self, *, lazy: bool = False) -> None:
+        """Drop every key; ``lazy`` (FLUSHALL ASYNC) frees them over later active cycles."""
+        if lazy and self._map:
+            self._lazyfree_bytes += self.used_memory
+            for container in (self._map, self._keys, self._vkeys):
+                self._lazyfree.append(container)
+                self._lazyfree_items += len(container)
         self._map = {}
         self._keys = []
         self._vkeys = []
@@ -332,9 +338,22 @@ class Keyspace:
         """A uniformly random live key (expired samples are deleted on the way)."""
         keys = self._keys
         rand = self._rand
-        while keys:
+        for _ in range(RANDOM_KEY_TRIES):
+            if not keys:
+                return None
             key = keys[int(rand() * len(keys))]
             if self.peek(key, now_ms) is not None:
+                return key
+        # Nearly everything has expired (a million keys expiring at once): deleting them all
+        # here would stall for seconds. Probe a bounded run for a live key and leave the rest
+        # to the active cycle; nil means no live key was found nearby.
+        n = len(keys)
+        start = int(rand() * n)
+        mapping = self._map
+        for j in range(min(n, RANDOM_KEY_PROBE)):
+            key = keys[(start + j) % n]
+            exp = mapping[key].expire_at
+            if not exp or now_ms <= exp:
                 return key
         return None
 
@@ -369,10 +388,15 @@ class Keyspace:
     # --- active expiry -------------------------------------------------------------------
 
     def active_expire_step(self, now_ms: int) -> bool:
-        """Sample keys with a TTL, delete the expired; True when over 25% had expired."""
+        """Sample keys with a TTL, delete the expired; True when over 25% had expired.
+
+        Also frees a chunk of what FLUSHALL ASYNC dropped, and returns True while some is left,
+        so the shell's loop (repeat while True, within its time budget) drives that too.
+        """
+        pending = bool(self._lazyfree) and self._lazyfree_step()
         vkeys = self._vkeys
         if not vkeys:
-            return False
+            return pending
         rand = self._rand
         mapping = self._map
         sampled = min(EXPIRE_SAMPLE, len(vkeys))
@@ -395,7 +419,33 @@ class Keyspace:
             avg = self.stats.avg_ttl_ms
             sample_avg = ttl_sum // ttl_n
             self.stats.avg_ttl_ms = sample_avg if not avg else (avg // 50) * 49 + sample_avg // 50
-        return expired * 4 > sampled
+        return pending or expired * 4 > sampled
+
+    def _lazyfree_step(self) -> bool:
+        """Free up to LAZYFREE_CHUNK dropped items; True while more are left."""
+        budget = LAZYFREE_CHUNK
+        lazy = self._lazyfree
+        while budget and lazy:
+            container = lazy[-1]
+            n = min(budget, len(container))
+            if isinstance(container, dict):
+                popitem = container.popitem
+                for _ in range(n):
+                    popitem()
+            else:
+                del container[len(container) - n :]
+            budget -= n
+            if not container:
+                lazy.pop()
+        freed = LAZYFREE_CHUNK - budget
+        if lazy:
+            self._lazyfree_bytes -= self._lazyfree_bytes * freed // max(self._lazyfree_items, 1)
+            self._lazyfree_items -= freed
+        else:
+            self._lazyfree_bytes = 0
+            self._lazyfree_items = 0
+        self._refresh_containers()
+        return bool(lazy)
 
     # --- eviction ------------------------------------------------------------------------
 
@@ -418,40 +468,7 @@ class Keyspace:
 
     def _victim(self) -> bytes | None:
         policy = self._policy
-        keys = self._vkeys if policy in _VOLATILE_POLICIES else self._keys
-        if not keys:
-            return None
-        if policy is EvictionPolicy.ALLKEYS_RANDOM or policy is EvictionPolicy.VOLATILE_RANDOM:
-            return keys[int(self._rand() * len(keys))]
-        volatile = policy is not EvictionPolicy.ALLKEYS_LRU
-        by_ttl = policy is EvictionPolicy.VOLATILE_TTL
-        pool = self._pool
-        mapping = self._map
-        while True:
-            self._populate_pool(keys, by_ttl)
-            while pool:
-                _, key = pool.pop()
-                e = mapping.get(key)
-                # The pool outlives deletions and PERSIST: check the candidate still fits.
-                if e is not None and (not volatile or e.expire_at):
-                    return key
-            if not keys:
-                return None
-
-    def _populate_pool(self, keys: list[bytes], by_ttl: bool) -> None:
-        pool = self._pool
-        mapping = self._map
-        rand = self._rand
-        now = self._now
-        for _ in range(min(self.maxmemory_samples, len(keys))):
-            key = keys[int(rand() * len(keys))]
-            e = mapping[key]
-            # Higher score = better victim: longest idle, or soonest expiry.
-            score = -e.expire_at if by_ttl else now - e.lru
-            if len(pool) >= POOL_SIZE and score <= pool[0][0]:
-                continue
-            if any(k == key for _, k in pool):
-                continue
-            bisect.insort(pool, (score, key))
-            if len(pool) > POOL_SIZE:
-                del pool[0]
+        keys = self._vkeys if policy in VOLATILE_POLICIES else self._keys
+        return choose_victim(
+            policy, keys, self._map, self._pool, self.maxmemory_samples, self._rand, self._now
+        )

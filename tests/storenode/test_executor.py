@@ -91,3 +91,18 @@ def test_eviction_through_the_executor(ex: Executor) -> None:
     assert ks.evict_if_needed() is True
     assert run(ex, "DBSIZE") < 100  # type: ignore[operator]
     assert run(ex, "GET", "k99") is not None
+
+
+def test_flushall_async_is_lazy_and_sync_is_not(ex: Executor) -> None:
+    for i in range(10):
+        run(ex, "SET", f"k{i}", "v")
+    assert run(ex, "FLUSHALL", "ASYNC") == OK
+    assert run(ex, "DBSIZE") == 0
+    assert ex.ks._lazyfree
+    run(ex, "SET", "k", "v")
+    assert run(ex, "FLUSHALL", "SYNC") == OK
+    assert run(ex, "DBSIZE") == 0
+    assert ex.ks._lazyfree  # the earlier lazy batch is still for the active cycle to free
+    while ex.ks.active_expire_step(NOW):
+        pass
+    assert not ex.ks._lazyfree

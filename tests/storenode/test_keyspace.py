@@ -453,3 +453,33 @@ def test_iter_keys_skips_expired_keys_without_deleting() -> None:
     ks.set(b"b", b"v", NOW, NOW + 1)
     assert list(ks.iter_keys(NOW + 5)) == [b"a"]
     assert len(ks) == 2
+
+
+def test_random_key_is_bounded_when_nearly_everything_expired() -> None:
+    ks = Keyspace(seed=15)
+    for i in range(5000):
+        ks.set(b"gone%d" % i, b"v", NOW, NOW + 1)
+    ks.set(b"live", b"v", NOW)
+    found = ks.random_key(NOW + 5)
+    assert found in (None, b"live")
+    assert len(ks) >= 5000 - 100  # at most RANDOM_KEY_TRIES expired keys deleted in one call
+    check_invariants(ks)
+
+
+def test_lazy_flush_frees_over_active_expire_steps() -> None:
+    ks = Keyspace(policy=EvictionPolicy.ALLKEYS_LRU, seed=16)
+    fill(ks, 5000, ttl_every=2)
+    before = ks.used_memory
+    ks.flush(lazy=True)
+    assert len(ks) == 0 and ks.expires_count == 0
+    assert ks.used_memory > before // 2  # still held until freed
+    ks.set(b"new", b"v", NOW, NOW + 10)
+    steps = 0
+    while ks.active_expire_step(NOW):
+        steps += 1
+        assert steps < 100
+    assert steps >= 5  # 5000 keys + arrays, 1000 items a step
+    assert ks._lazyfree == [] and ks._lazyfree_bytes == 0
+    assert ks.used_memory < before // 10
+    assert ks.lookup(b"new", NOW) is not None
+    check_invariants(ks)
