@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -118,15 +119,10 @@ def _die_with_parent() -> None:
 
 
 def _run_workers(args: argparse.Namespace, workers: int) -> int:
-    """Start N single-worker processes on one port; forward SIGHUP/SIGTERM; wait for them."""
-    procs = [
-        subprocess.Popen(
-            _worker_argv(args, i),
-            stdout=subprocess.DEVNULL if i else None,
-            preexec_fn=_die_with_parent,
-        )
-        for i in range(workers)
-    ]
+    """Start N single-worker processes on one port and forward SIGHUP/SIGTERM/SIGINT to them.
+    When one worker exits, the others are stopped too: a supervisor then restarts the whole
+    proxy instead of it running silently at reduced capacity."""
+    procs: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, _frame: object) -> None:
         for p in procs:
@@ -135,8 +131,26 @@ def _run_workers(args: argparse.Namespace, workers: int) -> int:
 
     for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(s, forward)
+    for i in range(workers):
+        procs.append(
+            subprocess.Popen(
+                _worker_argv(args, i),
+                stdout=subprocess.DEVNULL if i else None,
+                preexec_fn=_die_with_parent,
+            )
+        )
     log_event("workers_started", workers=workers, pids=",".join(str(p.pid) for p in procs))
-    code = 0
+    pid, status = os.wait()
+    code = os.waitstatus_to_exitcode(status)
+    log_event("worker_exited", pid=pid, code=code)
     for p in procs:
-        code = max(code, p.wait())
-    return code
+        if p.pid != pid and p.poll() is None:
+            p.terminate()
+    for p in procs:
+        if p.pid != pid:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else 1

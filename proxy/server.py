@@ -294,12 +294,15 @@ async def serve(
             await proxy._open_backends(topology)
             proxy._swap(topology)
             if config.metrics_port is not None:
-                port = serve_metrics(
-                    config.metrics_port,
-                    config.metrics_host,
-                    functools.partial(metrics.collect, proxy),
-                )
-                log_event("metrics_listening", host=config.metrics_host, port=port)
+                try:
+                    port = serve_metrics(
+                        config.metrics_port,
+                        config.metrics_host,
+                        functools.partial(metrics.collect, proxy),
+                    )
+                    log_event("metrics_listening", host=config.metrics_host, port=port)
+                except OSError as exc:  # metrics must never keep the proxy from serving
+                    log_event("metrics_failed", "error", port=config.metrics_port, reason=exc)
             nursery.start_soon(proxy._sighup)
             nursery.start_soon(proxy._flush_loop)
             nursery.start_soon(proxy.accept_loop, lsock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,20 @@ def test_bad_configs_are_refused_with_a_message(tmp_path: Path) -> None:
     assert result.returncode == 2 and "host:port" in result.stderr
 
 
+def _two_free_ports(avoid: int) -> int:
+    """A port P with P + 1 free too (worker i serves metrics on P + i)."""
+    while True:
+        port = free_port()
+        if avoid in (port, port + 1):
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+
+
 def _metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
@@ -42,15 +57,10 @@ def _metrics(port: int) -> str:
 
 async def test_workers_share_the_port_and_serve_metrics() -> None:
     with backends("redis", 2) as bs:
-        metrics_port = free_port()
-        proxy = Proxy(
-            "--backends",
-            ",".join(b.address for b in bs),
-            "--workers",
-            "2",
-            "--metrics-port",
-            str(metrics_port),
-        ).start()
+        proxy = Proxy("--backends", ",".join(b.address for b in bs), "--workers", "2")
+        metrics_port = _two_free_ports(avoid=proxy.port)
+        proxy.args += ("--metrics-port", str(metrics_port))
+        proxy.start()
         try:
 
             def body() -> set[int]:
