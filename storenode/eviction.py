@@ -78,8 +78,8 @@ def _populate(
         score = -e.expire_at if by_ttl else now - e.lru
         if len(pool) >= POOL_SIZE and score <= pool[0][0]:
             continue
-        if any(k == key for _, k in pool):
-            continue
+        # A key may sit in the pool twice (Redis checks; scanning 16 entries per sample costs
+        # more than it saves): the second copy is skipped once the first has been evicted.
         bisect.insort(pool, (score, key))
         if len(pool) > POOL_SIZE:
             del pool[0]
