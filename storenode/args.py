@@ -55,7 +55,7 @@ def parse_cursor(s: bytes) -> int:
         raise CommandError("ERR invalid cursor")
     if not body:
         return 0  # strtoul("") parses nothing and Redis does not notice
-    v = int(body)
+    v = int(body.lstrip(b"0") or b"0") if len(body.lstrip(b"0")) <= 20 else 2**64
     if v > 2**64 - 1:
         raise CommandError("ERR invalid cursor")
     return (-v) % 2**64 if text[:1] == b"-" else v

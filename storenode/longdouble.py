@@ -9,6 +9,7 @@ rounded to the nearest long double (ties to even), so the digits match Redis's.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from fractions import Fraction
 
 _MANT_BITS = 64
@@ -57,7 +58,7 @@ def parse_ld(s: bytes | bytearray) -> Fraction | None:
         sign, whole, frac, exp = m.groups()
         frac = frac or b""
         value = Fraction(int((whole + frac) or b"0", 16), 16 ** len(frac))
-        e = int(exp or b"0")
+        e = _exponent(exp)
         if abs(e) > 40000:
             return _extreme(value)
         value *= Fraction(2) ** e
@@ -68,9 +69,9 @@ def parse_ld(s: bytes | bytearray) -> Fraction | None:
         if m is None or not (m.group(2) or m.group(3)):
             return None
         sign, whole, frac, exp = m.groups()
-        frac = frac or b""
-        value = Fraction(int((whole + frac) or b"0"), 10 ** len(frac))
-        e = int(exp or b"0")
+        # Decimal, not int(): up to 5 KB of digits is past int()'s 4300-digit str limit.
+        value = Fraction(Decimal((whole or b"0").decode() + "." + (frac or b"").decode()))
+        e = _exponent(exp)
         if abs(e) > 20000:  # far past the long double range either way, whatever the digits
             return _extreme(value)
         value *= Fraction(10) ** e
@@ -85,6 +86,16 @@ def parse_ld(s: bytes | bytearray) -> Fraction | None:
     return r
 
 
+def _exponent(exp: bytes | None) -> int:
+    """The exponent's value, clamped: it may have thousands of (leading zero) digits."""
+    if not exp:
+        return 0
+    negative = exp[:1] == b"-"
+    digits = exp.lstrip(b"+-").lstrip(b"0")
+    value = int(digits) if 0 < len(digits) <= 9 else (10**9 if digits else 0)
+    return -value if negative else value
+
+
 def _extreme(value: Fraction) -> Fraction | None:
     # Zero stays zero; anything else overflows or underflows, and both make string2ld fail.
     return value if value == 0 else None
@@ -94,7 +105,8 @@ def format_ld(x: Fraction) -> bytes:
     """``%.17Lf`` with trailing zeros (and a trailing dot) removed, "-0" printed as "0"."""
     neg = x < 0
     scaled = round(abs(x) * 10**17)
-    text = str(scaled).rjust(18, "0")
+    # Via Decimal: str() of an int refuses more than 4300 digits, and LDBL_MAX has 4933.
+    text = format(Decimal(scaled), "f").rjust(18, "0")
     whole, frac = text[:-17], text[-17:].rstrip("0")
     out = whole + ("." + frac if frac else "")
     if neg and out != "0":

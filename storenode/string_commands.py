@@ -12,7 +12,7 @@ from __future__ import annotations
 from shardgate.errors import CommandError, not_integer, syntax_error, wrong_arity
 from shardgate.resp import OK
 from storenode.args import LLONG_MAX, LLONG_MIN, expire_time_error, int_arg, parse_ll
-from storenode.keyspace import Keyspace, value_cost
+from storenode.keyspace import Entry, Keyspace, value_cost
 from storenode.longdouble import Infinite, format_ld, parse_ld, round_ld
 
 # Option bits, as in t_string.c.
@@ -86,7 +86,14 @@ class StringCommands:
         if e is None:
             return None
         v = e.value
-        return v if v.__class__ is bytes else bytes(v)
+        return v if v.__class__ is bytes else self._freeze(e)
+
+    def _freeze(self, e: Entry) -> bytes:
+        """Turn a value grown by APPEND/SETRANGE back into bytes when it is read: one copy now
+        instead of one per read, and bytes are smaller (no growth headroom)."""
+        frozen = bytes(e.value)
+        self.ks.replace_value(e, frozen)
+        return frozen
 
     def _check_length(self, size: int) -> None:
         if size > self.proto_max_bulk_len:
@@ -97,7 +104,7 @@ class StringCommands:
         if e is None:
             return None
         v = e.value
-        return v if v.__class__ is bytes else bytes(v)
+        return v if v.__class__ is bytes else self._freeze(e)
 
     def cmd_set(self, args: list[bytes], now_ms: int) -> object:
         if len(args) == 3:  # the hot path: no options

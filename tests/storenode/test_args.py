@@ -63,3 +63,9 @@ def test_scan_cursor_parsing_like_strtoul() -> None:
     assert parse_cursor(b"-1") == 2**64 - 1
     with pytest.raises(CommandError):
         parse_cursor(b"18446744073709551616")
+
+
+def test_scan_cursor_with_thousands_of_digits() -> None:
+    with pytest.raises(CommandError):
+        parse_cursor(b"1" * 5000)
+    assert parse_cursor(b"0" * 5000 + b"12") == 12

@@ -372,3 +372,32 @@ def test_used_memory_follows_append_and_setrange(ex: Executor) -> None:
     assert ks._mem > before + 10_000
     run(ex, "DEL", "k")
     assert ks._mem == 0
+
+
+def test_a_grown_value_becomes_bytes_again_when_read(ex: Executor) -> None:
+    run(ex, "SET", "k", "abc")
+    run(ex, "APPEND", "k", "def")
+    assert isinstance(ex.ks._map[b"k"].value, bytearray)
+    assert run(ex, "GET", "k") == b"abcdef"
+    assert ex.ks._map[b"k"].value.__class__ is bytes
+    assert ex.ks._mem == ex.ks.record_size(b"k", ex.ks._map[b"k"])
+    run(ex, "SETRANGE", "k", 1, "X")
+    assert run(ex, "MGET", "k") == [b"aXcdef"]
+    assert ex.ks._map[b"k"].value.__class__ is bytes
+
+
+def test_incrbyfloat_with_thousands_of_digits(ex: Executor) -> None:
+    # Past int()'s 4300-digit str limit, which must not turn into an exception.
+    ones = "1" * 4400
+    reply = run(ex, "INCRBYFLOAT", "a", ones)
+    assert isinstance(reply, bytes) and len(reply) == 4400
+    assert reply.startswith(b"11111111111111111111263938166286")  # the long double, as Redis
+    assert run(ex, "INCRBYFLOAT", "b", "0." + ones) == b"0.11111111111111111"
+    big = run(ex, "INCRBYFLOAT", "c", "1.18973149535723176502e+4932")  # LDBL_MAX
+    assert isinstance(big, bytes) and len(big) == 4933
+    invalid = Err("ERR value is not a valid float")
+    assert run(ex, "INCRBYFLOAT", "d", "1.18973149535723176508575932662800702e+4932") == invalid
+    assert run(ex, "INCRBYFLOAT", "d", "1" * 5200) == invalid  # Redis's 5 KB limit
+    assert run(ex, "INCRBYFLOAT", "e", "1e" + "0" * 5000 + "5") == b"100000"
+    assert run(ex, "INCRBYFLOAT", "f", "1e" + "9" * 5000) == invalid
+    assert run(ex, "INCRBYFLOAT", "g", "0e" + "9" * 5000) == b"0"
