@@ -42,9 +42,16 @@ def expire_time_error(command: str) -> CommandError:
     return CommandError(f"ERR invalid expire time in '{command}' command")
 
 
+def cstr(arg: bytes) -> bytes:
+    """What C's string functions see: the bytes before the first NUL. Redis compares option
+    names with strcasecmp, so ``NX\\0junk`` is NX to it; numbers and patterns use lengths."""
+    i = arg.find(b"\0")
+    return arg if i < 0 else arg[:i]
+
+
 def eq(arg: bytes, word: bytes) -> bool:
-    """Case-insensitive option match (``word`` is lower case)."""
-    return len(arg) == len(word) and arg.lower() == word
+    """Case-insensitive option match, C-string style (``word`` is lower case)."""
+    return cstr(arg).lower() == word
 
 
 def parse_cursor(s: bytes) -> int:

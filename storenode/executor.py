@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from shardgate.errors import CommandError, not_integer, syntax_error, unknown_command
 from shardgate.resp import DEFAULT_MAX_BULK, OK, SimpleString
-from storenode.args import eq, parse_ll
+from storenode.args import cstr, eq, parse_ll
 from storenode.key_commands import KeyCommands
 from storenode.keyspace import Keyspace
 from storenode.string_commands import StringCommands
@@ -85,6 +85,8 @@ class Executor(StringCommands, KeyCommands):
     cmd_flushall = cmd_flushdb  # one database: the same thing
 
     def cmd_memory(self, args: list[bytes], now_ms: int) -> object:
+        # Redis finds subcommands in a hash table keyed by the whole argument, so "USAGE\0" is
+        # (usually: a hash-bucket collision with "usage" can make it match) unknown.
         sub = args[1].lower()
         if sub == b"usage":
             if len(args) < 3:
@@ -106,5 +108,5 @@ class Executor(StringCommands, KeyCommands):
             if len(args) != 2:
                 raise CommandError("ERR wrong number of arguments for 'memory|help' command")
             return _MEMORY_HELP
-        name = args[1].decode("utf-8", "replace")[:128]
+        name = cstr(args[1]).decode("utf-8", "replace")[:128]
         raise CommandError(f"ERR unknown subcommand '{name}'. Try MEMORY HELP.")

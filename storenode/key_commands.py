@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from shardgate.errors import CommandError, syntax_error
 from shardgate.resp import SimpleString
-from storenode.args import LLONG_MAX, LLONG_MIN, eq, expire_time_error, int_arg, parse_cursor
+from storenode.args import (
+    LLONG_MAX,
+    LLONG_MIN,
+    cstr,
+    eq,
+    expire_time_error,
+    int_arg,
+    parse_cursor,
+)
 from storenode.glob import matcher
 from storenode.keyspace import Keyspace
 
@@ -18,9 +26,9 @@ _EXPIRE_OPTIONS = {b"nx": _NX, b"xx": _XX, b"gt": _GT, b"lt": _LT}
 def _expire_flags(args: list[bytes]) -> int:
     flags = 0
     for opt in args[3:]:
-        bit = _EXPIRE_OPTIONS.get(opt.lower())
+        bit = _EXPIRE_OPTIONS.get(cstr(opt).lower())
         if bit is None:
-            text = opt.split(b"\0", 1)[0].decode("utf-8", "replace")
+            text = cstr(opt).decode("utf-8", "replace")
             raise CommandError(f"ERR Unsupported option {text}")
         flags |= bit
     if flags & _NX and flags & (_XX | _GT | _LT):
@@ -152,7 +160,7 @@ class KeyCommands:
         if pattern is not None:
             match = matcher(pattern)
             keys = [k for k in keys if match(k)]
-        if type_name is not None and type_name.lower() != b"string":
+        if type_name is not None and cstr(type_name).lower() != b"string":
             keys = []  # every key is a string; Redis 7.0 filters unknown type names silently
         return [b"%d" % next_cursor, keys]
 

@@ -50,8 +50,9 @@ def parse_ld(s: bytes | bytearray) -> Fraction | None:
 
     Raises Infinite for "inf"/"infinity" (valid operands whose sum cannot be finite).
     """
-    s = bytes(s).split(b"\0", 1)[0]  # C reads up to the first NUL
-    if not s or len(s) >= MAX_CHARS:
+    # string2ld also checks that strtold consumed every byte, so an embedded NUL is invalid.
+    s = bytes(s)
+    if not s or len(s) >= MAX_CHARS or b"\0" in s:
         return None
     m = _HEX.fullmatch(s)
     if m is not None and (m.group(2) or m.group(3)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from shardgate.errors import CommandError, not_integer, syntax_error, wrong_arity
 from shardgate.resp import OK
-from storenode.args import LLONG_MAX, LLONG_MIN, expire_time_error, int_arg, parse_ll
+from storenode.args import LLONG_MAX, LLONG_MIN, cstr, expire_time_error, int_arg, parse_ll
 from storenode.keyspace import Entry, Keyspace, value_cost
 from storenode.longdouble import Infinite, format_ld, parse_ld, round_ld
 
@@ -33,7 +33,7 @@ def _parse_options(args: list[bytes], *, for_set: bool) -> tuple[int, bytes | No
     j = 3 if for_set else 2
     argc = len(args)
     while j < argc:
-        opt = args[j].lower()
+        opt = cstr(args[j]).lower()
         has_next = j + 1 < argc
         if opt == b"nx" and for_set and not flags & _XX:
             flags |= _NX
