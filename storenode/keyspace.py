@@ -129,10 +129,7 @@ class Keyspace:
 
     def _refresh_containers(self) -> int:
         self._containers = (
-            self._map.__sizeof__()
-            + self._keys.__sizeof__()
-            + self._vkeys.__sizeof__()
-            + self._lazyfree_bytes
+            self._map.__sizeof__() + self._keys.__sizeof__() + self._vkeys.__sizeof__()
         )
         return self._containers
 
@@ -145,8 +142,10 @@ class Keyspace:
 
     @property
     def used_memory(self) -> int:
-        # __sizeof__ is O(1) for dicts and lists: it reports their allocated tables.
-        return self._mem + self._refresh_containers()
+        # __sizeof__ is O(1) for dicts and lists: it reports their allocated tables. What
+        # FLUSHALL ASYNC still has to free counts here but not for eviction (it is going away
+        # anyway; evicting fresh keys for it would only empty the cache).
+        return self._mem + self._refresh_containers() + self._lazyfree_bytes
 
     def _stamp(self, now_ms: int) -> int:
         # Reuse one int object per millisecond so the recency stamp costs no memory per key.
@@ -289,7 +288,7 @@ class Keyspace:
     def flush(self, *, lazy: bool = False) -> None:
         """Drop every key; ``lazy`` (FLUSHALL ASYNC) frees them over later active cycles."""
         if lazy and self._map:
-            self._lazyfree_bytes += self.used_memory
+            self._lazyfree_bytes = self.used_memory  # includes what is still pending
             for container in (self._map, self._keys, self._vkeys):
                 self._lazyfree.append(container)
                 self._lazyfree_items += len(container)

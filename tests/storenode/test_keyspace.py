@@ -483,3 +483,28 @@ def test_lazy_flush_frees_over_active_expire_steps() -> None:
     assert ks.used_memory < before // 10
     assert ks.lookup(b"new", NOW) is not None
     check_invariants(ks)
+
+
+def test_two_lazy_flushes_account_memory_once() -> None:
+    ks = Keyspace(seed=17)
+    fill(ks, 3000)
+    first = ks.used_memory
+    ks.flush(lazy=True)
+    fill(ks, 3000)
+    second = ks.used_memory
+    ks.flush(lazy=True)
+    assert ks.used_memory <= second + 1024  # the first batch is in ``second`` already
+    assert ks.used_memory > first
+    while ks.active_expire_step(NOW):
+        pass
+    assert ks.used_memory < first // 10
+
+
+def test_memory_awaiting_lazy_free_does_not_cause_evictions() -> None:
+    ks = Keyspace(policy=EvictionPolicy.ALLKEYS_LRU, seed=18)
+    fill(ks, 3000)
+    ks.maxmemory = ks.used_memory
+    ks.flush(lazy=True)
+    fill(ks, 100)
+    assert ks.evict_if_needed() is True
+    assert len(ks) == 100
