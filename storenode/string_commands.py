@@ -21,6 +21,7 @@ _EX, _PX, _EXAT, _PXAT = 32, 64, 128, 256
 _ANY_EXPIRE = _EX | _PX | _EXAT | _PXAT
 _RELATIVE = _EX | _PX
 _SECONDS = _EX | _EXAT
+_EXPIRE_FLAGS = {b"ex": _EX, b"px": _PX, b"exat": _EXAT, b"pxat": _PXAT}
 
 _OVERFLOW = "ERR increment or decrement would overflow"
 _NOT_FLOAT = "ERR value is not a valid float"
@@ -57,9 +58,6 @@ def _parse_options(args: list[bytes], *, for_set: bool) -> tuple[int, bytes | No
             raise syntax_error()
         j += 1
     return flags, expire
-
-
-_EXPIRE_FLAGS = {b"ex": _EX, b"px": _PX, b"exat": _EXAT, b"pxat": _PXAT}
 
 
 def _expire_ms(arg: bytes, flags: int, now_ms: int, command: str) -> int:
