@@ -10,7 +10,7 @@ How it works
 - A DOWN connection retries no sooner than ``interval`` seconds after its previous attempt began
   (at most one attempt per second per backend by default).
 
-Pure: times are passed in.
+Sans-I/O: times are passed in.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Commands the proxy answers itself: connection state, INFO, COMMAND, CLUSTER KEYSLOT, CONFIG.
 
-Pure: the caller passes the session, the wall-clock time and a snapshot of what INFO and CONFIG
+Sans-I/O: the caller passes the session, the wall-clock time and a snapshot of what INFO and CONFIG
 GET show; the result is the reply bytes plus an action the shell must carry out (close the
 connection after the reply, reload the config).
 """

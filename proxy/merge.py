@@ -1,4 +1,4 @@
-"""Merging per-shard replies (raw RESP bytes) into the one reply a client sees.
+"""Merging per-shard replies (raw RESP bytes) into the one reply a client sees (sans-I/O).
 
 Every merge starts the same way: if any part is an error reply, the whole command's reply is the
 first such error (a backend's own error, or the proxy's timeout / down / busy error). Nothing

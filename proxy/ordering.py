@@ -10,7 +10,7 @@ How it works
 - ``ReplyQueue.take_ready`` pops the longest prefix of finished requests; a finished request
   behind an unfinished one waits, so a client always reads replies in the order it asked.
 
-Pure: no I/O, no clock (deadlines are numbers the caller compares with its own ``now``).
+Sans-I/O: no clock (deadlines are numbers the caller compares with its own ``now``).
 """
 
 from __future__ import annotations

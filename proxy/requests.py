@@ -11,7 +11,7 @@ How it works
   command and holds nothing more.
 - The fast path never half-consumes: an incomplete command stays in the buffer untouched.
 
-Pure: bytes in, commands out.
+Sans-I/O: bytes in, commands out.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ How it works
   end, then shard 1, …, so a full iteration returns every key that existed throughout exactly as
   often as each node's SCAN does (once, for shardgate nodes and redis-server).
 
-This module is pure: no I/O, no clock, no randomness (RANDOMKEY asks every shard and takes the
+This module is sans-I/O: no clock, no randomness (RANDOMKEY asks every shard and takes the
 first key found starting from a shard that rotates per call; each node picks its key at random).
 """
 

@@ -253,3 +253,25 @@ async def test_resp3_hello(cluster: Cluster) -> None:
 
     with trio.fail_after(20):
         await blocking(body)
+
+
+async def test_large_values_and_large_replies(cluster: Cluster) -> None:
+    proxy, _ = cluster
+
+    def body() -> None:
+        r = proxy.client()
+        r.flushall()
+        big = bytes(range(256)) * (5 * 4096)  # 5 MiB, every byte value
+        assert r.set("big", big)
+        assert r.get("big") == big
+        values = {f"bv{i}": bytes([i]) * (300 * 1024) for i in range(12)}
+        assert r.mset(values)
+        assert r.mget(list(values)) == list(values.values())
+        with r.pipeline(transaction=False) as p:
+            for i in range(20000):
+                p.set(f"many:{i}", "x")
+            p.execute()
+        assert len(r.keys("many:*")) == 20000
+
+    with trio.fail_after(60):
+        await blocking(body)
