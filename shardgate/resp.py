@@ -6,6 +6,9 @@ How it works
   for a stream that cannot be resynchronised. It never half-consumes: an incomplete command stays
   buffered whole. Declared lengths are checked against the limits before anything is allocated,
   and a large bulk is gathered in a list of chunks, joined once, so a 512 MB value costs one copy.
+  Error texts and the order of checks are Redis 7's (networking.c); the one deliberate difference
+  is that a bulk not followed by CRLF is an error. Pipelined small commands take a fast path
+  (one ``split`` per window of the buffer, see ``RequestParser._split_batch``).
 - Replies are encoded by ``encode_reply`` from plain Python values (see the type table there),
   in RESP2 or RESP3.
 - ``reply_end`` finds where one complete reply ends in a buffer without decoding it, which is what
@@ -15,6 +18,7 @@ How it works
 from __future__ import annotations
 
 import decimal
+import functools
 import re
 
 import attrs
@@ -44,6 +48,22 @@ _INT_MAX = 2**31 - 1
 # The digits of small lengths, pre-parsed: most headers are looked up here instead of being
 # validated and converted, which is a third of the parsing cost of a typical command.
 _SMALL_LENGTHS = {b"%d" % i: i for i in range(1024)}
+# The batch fast path: whole header tokens, and how much of a buffer it will split at once.
+_FAST_MAX = 1023
+
+
+@functools.lru_cache(maxsize=16)
+def _header_table(prefix: bytes, lowest: int, highest: int) -> dict[bytes, int]:
+    """``{b"*1": 1, ...}``: the header tokens the fast path takes, and their values."""
+    return {prefix + b"%d" % i: i for i in range(lowest, highest + 1)}
+
+
+# The fast path splits a window of the buffer at a time: it grows while the stream suits the
+# fast path and shrinks when it does not (big values, which the careful parser skips over by
+# their length while a split scans every byte), so a mismatch costs one small split per feed.
+_WINDOW_MIN = 1024
+_WINDOW_MAX = 64 * 1024
+_BACKOFF_MAX = 16  # feeds
 
 # A browser or HTTP client on a RESP port: its first line is a request line. (Redis itself
 # replies to that line and closes on the "Host:" header that follows; we close without a reply.)
@@ -104,22 +124,32 @@ class RequestParser:
     large value is never re-joined per chunk. Likewise an unfinished line (inline command or
     length header) is joined only when a feed brings its end, so a line dribbled in byte by byte
     costs linear time, not a copy and a rescan per byte.
+
+    Two paths: ``_split_batch`` takes runs of plain pipelined commands (small multibulks) a
+    window at a time and queues them in ``_batch``; everything else, and the first command it
+    does not take, goes through the careful loop in ``next_command``, which checks what Redis
+    checks in Redis's order. Both give the same commands and errors for any input and chunking.
     """
 
     __slots__ = (
         "_args",
         "_authenticated",
+        "_backoff",
+        "_batch",
         "_buf",
         "_chunks",
         "_chunks_len",
-        "_fast_bulk",
-        "_fast_count",
+        "_fast_counts",
+        "_fast_sizes",
         "_first",
+        "_fresh",
         "_limits",
         "_pending_cost",
         "_pos",
         "_remaining",
+        "_skip",
         "_want",
+        "_window",
     )
 
     def __init__(self, limits: RequestLimits | None = None, *, authenticated: bool = True) -> None:
@@ -135,6 +165,11 @@ class RequestParser:
         self._remaining = 0  # bulks still expected in the current multibulk
         self._pending_cost = 0  # what the finished arguments in _args cost
         self._first = True  # nothing parsed yet on this connection (HTTP detection)
+        self._fresh = False  # new bytes since the last batch split
+        self._batch: list[list[bytes]] = []  # commands parsed ahead, last first
+        self._window = _WINDOW_MIN  # bytes the next batch split may cover
+        self._backoff = 0  # feeds to skip after the next fruitless batch split
+        self._skip = 0  # feeds still to skip
 
     @property
     def limits(self) -> RequestLimits:
@@ -157,12 +192,16 @@ class RequestParser:
 
     def _set_fast_limits(self) -> None:
         # The fast path takes what no limit can refuse; anything bigger goes the careful way.
+        # Commands parsed ahead under the old limits are parsed again under the new ones.
+        if getattr(self, "_batch", None):
+            self._unparse_batch()
         limits = self._limits
         count = limits.max_multibulk
         if not self._authenticated:
             count = min(count, UNAUTH_MAX_MULTIBULK)
-        self._fast_count = min(count, _INT_MAX)
-        self._fast_bulk = min(limits.max_bulk, UNAUTH_MAX_BULK, max(_SMALL_LENGTHS.values()))
+        size = min(limits.max_bulk, _FAST_MAX)  # < UNAUTH_MAX_BULK, so allowed unauthenticated
+        self._fast_counts = _header_table(b"*", 1, min(count, _FAST_MAX))
+        self._fast_sizes = _header_table(b"$", 0, size)
 
     @property
     def buffered(self) -> int:
@@ -172,24 +211,34 @@ class RequestParser:
     def feed(self, data: bytes) -> None:
         if not data:
             return
-        if self._chunks or self._want:
+        if self._skip:
+            self._skip -= 1
+        else:
+            self._fresh = True
+        want = self._want
+        if want or self._chunks:
             # Waiting for a body or a line end: collect chunks, join once when they can help.
-            self._chunks.append(data)
+            chunks = self._chunks
+            chunks.append(data)
             self._chunks_len += len(data)
-            if self.buffered > self.limits.max_querybuf:
+            held = len(self._buf) - self._pos + self._chunks_len
+            if held + self._pending_cost > self._limits.max_querybuf:
                 raise ProtocolError("query buffer limit exceeded", silent=True)
-            want = self._want
             if want > 0:
-                if len(self._buf) - self._pos + self._chunks_len < want:
+                if held < want:
                     return
             elif want == _WANT_LF:
                 if b"\n" not in data:
                     return
             elif b"\r\n" not in data and not (data[0] == 10 and self._last_byte() == 13):
                 return
-            self._chunks.insert(0, self._buf[self._pos :])
-            self._buf = b"".join(self._chunks)
-            self._chunks.clear()
+            if len(chunks) == 1:
+                self._buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else data
+                chunks.clear()
+            else:
+                chunks.insert(0, self._buf[self._pos :])
+                self._buf = b"".join(chunks)
+                chunks.clear()
             self._chunks_len = 0
             self._pos = 0
             self._want = 0
@@ -199,7 +248,7 @@ class RequestParser:
         else:
             self._buf = self._buf[self._pos :] + data
         self._pos = 0
-        if self.buffered > self.limits.max_querybuf:
+        if len(self._buf) + self._pending_cost > self._limits.max_querybuf:
             raise ProtocolError("query buffer limit exceeded", silent=True)
 
     def _last_byte(self) -> int:
@@ -210,7 +259,7 @@ class RequestParser:
 
     def _line_too_long(self) -> None:
         """Raise Redis's error if the unfinished line waiting in chunks is over the limit."""
-        if len(self._buf) - self._pos + self._chunks_len <= self.limits.max_inline:
+        if len(self._buf) - self._pos + self._chunks_len <= self._limits.max_inline:
             return
         if self._remaining:
             raise ProtocolError("too big bulk count string")
@@ -221,41 +270,13 @@ class RequestParser:
 
     def next_command(self) -> list[bytes] | None:
         """Return the next complete command, or None when more data is needed."""
-        # Fast path: a whole multibulk of small arguments waiting in the buffer, which is what
-        # pipelining clients send. Lengths come from a table and no limit can refuse them; at
-        # the first surprise (incomplete, big, malformed, inline) it hands over to the careful
-        # parser, which starts again from the same position: nothing has been consumed.
-        buf = self._buf
-        pos = self._pos
-        if self._remaining or self._chunks:
-            return self._next_command()
-        try:
-            if buf[pos] != 42:  # '*'
-                return self._next_command()
-            nl = buf.find(CRLF, pos)
-            count = _SMALL_LENGTHS.get(buf[pos + 1 : nl])
-            if nl < 0 or not count or count > self._fast_count:
-                return self._next_command()
-            max_size = self._fast_bulk
-            args = []
-            pos = nl + 2
-            for _ in range(count):
-                nl = buf.find(CRLF, pos)
-                size = _SMALL_LENGTHS.get(buf[pos + 1 : nl])
-                if nl < 0 or buf[pos] != 36 or size is None or size > max_size:
-                    return self._next_command()
-                stop = nl + 2 + size
-                if buf[stop] != 13 or buf[stop + 1] != 10:
-                    return self._next_command()
-                args.append(buf[nl + 2 : stop])
-                pos = stop + 2
-        except IndexError:  # ran off the end: incomplete
-            return self._next_command()
-        self._pos = pos
-        self._first = False
-        return args
-
-    def _next_command(self) -> list[bytes] | None:
+        batch = self._batch
+        if batch:
+            return batch.pop()
+        if self._fresh and not self._remaining and not self._chunks:
+            self._fresh = False
+            if self._split_batch():
+                return self._batch.pop()
         # The careful parser. The order of checks follows Redis's processMultibulkBuffer, so
         # every malformed input gets Redis's error text.
         while True:
@@ -279,7 +300,7 @@ class RequestParser:
                     return cmd
                 nl = buf.find(CRLF, pos)
                 if nl < 0:
-                    if end - pos > self.limits.max_inline:
+                    if end - pos > self._limits.max_inline:
                         raise ProtocolError("too big mbulk count string")
                     self._want = _WANT_CRLF
                     return None
@@ -290,9 +311,9 @@ class RequestParser:
                         self._first = False
                         self._pos = nl + 2
                         continue
-                if count > self.limits.max_multibulk:
+                if count > self._limits.max_multibulk:
                     raise ProtocolError("invalid multibulk length")
-                if count > UNAUTH_MAX_MULTIBULK and not self.authenticated:
+                if count > UNAUTH_MAX_MULTIBULK and not self._authenticated:
                     raise ProtocolError("unauthenticated multibulk length")
                 self._first = False
                 pos = nl + 2
@@ -304,9 +325,9 @@ class RequestParser:
             else:
                 args = self._args
                 self._args = []
-            limits = self.limits
+            limits = self._limits
             max_bulk = limits.max_bulk
-            if not self.authenticated and max_bulk > UNAUTH_MAX_BULK:
+            if not self._authenticated and max_bulk > UNAUTH_MAX_BULK:
                 max_bulk = UNAUTH_MAX_BULK
             started = pos
             parsed = len(args)
@@ -352,8 +373,87 @@ class RequestParser:
             self._pending_cost = 0
             return args
 
+    def _split_batch(self) -> bool:
+        """Parse every plain command at the head of a fresh buffer at once (the fast path).
+
+        Pipelining clients send runs of multibulks of small arguments. One ``split`` on CRLF
+        cuts the whole buffer into headers and values in C; a command is taken when its tokens
+        line up exactly (``$N`` followed by a token of N bytes, so no value held a CRLF) and no
+        limit could refuse it. The first one that does not, and everything after it, is left to
+        the careful parser, starting at that command: nothing is half-consumed. Runs once per
+        feed, so a stream that never lines up costs one extra split per chunk, not per command.
+        Commands taken this way were encoded canonically, so ``encode_command`` gives back their
+        exact bytes if they must be parsed again (see ``_unparse_batch``).
+        """
+        buf = self._buf
+        pos = self._pos
+        if buf[pos : pos + 1] != b"*":
+            return False
+        window = min(len(buf), pos + self._window)
+        toks = (buf if pos == 0 and window == len(buf) else buf[pos:window]).split(CRLF)
+        last = len(toks) - 1  # the bytes after the last CRLF: never a complete token
+        counts = self._fast_counts.get
+        sizes = self._fast_sizes.get
+        commands: list[list[bytes]] = []
+        i = 0
+        lined_up = True  # every whole command in the window was taken
+        while i < last:
+            count = counts(toks[i])
+            if count is None:
+                lined_up = False
+                break
+            stop = i + 1 + 2 * count
+            if stop > last:  # cut off by the window or the buffer: do its headers suit?
+                for j in range(i + 1, last, 2):
+                    if sizes(toks[j]) is None:
+                        lined_up = False
+                        break
+                break
+            for j in range(i + 1, stop, 2):
+                if sizes(toks[j]) != len(toks[j + 1]):  # None (not a small header) never equals
+                    lined_up = False
+                    break
+            else:
+                commands.append(toks[i + 2 : stop : 2])
+                i = stop
+                continue
+            break
+        if not lined_up:  # the stream does not suit the fast path: risk less next time
+            self._window = max(self._window // 2, _WINDOW_MIN)
+            if len(commands) * 1024 < window - pos + 1024:
+                # Less than a command per KB scanned does not pay for the split: sit out a
+                # few feeds, more each time this happens in a row.
+                self._backoff = min(2 * self._backoff or 1, _BACKOFF_MAX)
+                self._skip = self._backoff
+            else:
+                self._backoff = 0
+        elif window < len(buf):  # it does, and there is more: a bigger window when these are done
+            self._fresh = True
+            self._window = min(self._window * 2, _WINDOW_MAX)
+            self._backoff = 0
+        else:
+            self._backoff = 0
+        if not commands:
+            return False
+        self._pos = pos + sum(map(len, toks[:i])) + 2 * i
+        commands.reverse()
+        self._batch = commands
+        self._first = False
+        return True
+
+    def _unparse_batch(self) -> None:
+        """Put commands parsed ahead back into the buffer, to be parsed under new limits."""
+        batch = self._batch
+        if batch:
+            self._buf = (
+                b"".join(encode_command(args) for args in reversed(batch)) + self._buf[self._pos :]
+            )
+            self._pos = 0
+            batch.clear()
+            self._fresh = True
+
     def _multibulk_count(self, text: bytes) -> int:
-        if len(text) + 2 > self.limits.max_inline:  # '*' or '$', digits, '\r'
+        if len(text) + 2 > self._limits.max_inline:  # '*' or '$', digits, '\r'
             raise ProtocolError("too big mbulk count string")
         count = _string2ll(text)
         if count is None or count > _INT_MAX:
@@ -361,7 +461,7 @@ class RequestParser:
         return count
 
     def _bulk_length(self, text: bytes) -> int:
-        if len(text) + 2 > self.limits.max_inline:  # '*' or '$', digits, '\r'
+        if len(text) + 2 > self._limits.max_inline:  # '*' or '$', digits, '\r'
             raise ProtocolError("too big bulk count string")
         size = _string2ll(text)
         if size is None or size < 0:
@@ -369,7 +469,7 @@ class RequestParser:
         return size
 
     def _inline(self, buf: bytes, pos: int) -> list[bytes] | None:
-        max_inline = self.limits.max_inline
+        max_inline = self._limits.max_inline
         nl = buf.find(b"\n", pos)
         if nl < 0:
             if len(buf) - pos > max_inline:

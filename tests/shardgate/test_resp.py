@@ -154,10 +154,75 @@ def test_trailing_garbage_does_not_corrupt_the_command_before_it(
         assert commands[:1] == [first]
 
 
+@SETTINGS
+@given(st.lists(command_args, min_size=1, max_size=12), st.data())
+def test_commands_come_out_in_order_however_feeds_and_reads_interleave(
+    commands: list[list[bytes]], data: st.DataObject
+) -> None:
+    # Servers may stop reading commands half way through a buffer (a full output queue) and
+    # feed more later; commands parsed ahead must neither be lost nor reordered.
+    stream = b"".join(encode_command(args) for args in commands)
+    parser = RequestParser()
+    got: list[list[bytes]] = []
+    for piece in data.draw(chunked(stream)):
+        parser.feed(piece)
+        for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
+            if (cmd := parser.next_command()) is not None:
+                got.append(cmd)
+    while (cmd := parser.next_command()) is not None:
+        got.append(cmd)
+    assert got == commands
+    assert parser.buffered == 0
+
+
+def test_new_limits_apply_to_commands_already_received() -> None:
+    parser = RequestParser()
+    parser.feed(encode_command([b"SET", b"k", b"v"]) + encode_command([b"SET", b"k", b"long"]))
+    assert parser.next_command() == [b"SET", b"k", b"v"]
+    parser.limits = RequestLimits(max_bulk=3)
+    with pytest.raises(ProtocolError, match="invalid bulk length"):
+        parser.next_command()
+
+
+def test_authentication_applies_to_commands_already_received() -> None:
+    many = [b"x"] * (UNAUTH_MAX_MULTIBULK + 1)
+    parser = RequestParser(authenticated=False)
+    parser.feed(encode_command([b"AUTH", b"pw"]) + encode_command([b"PING"]) + encode_command(many))
+    assert parser.next_command() == [b"AUTH", b"pw"]
+    parser.authenticated = True
+    assert parser.next_command() == [b"PING"]
+    assert parser.next_command() == many
+    parser.authenticated = False
+    parser.feed(encode_command([b"PING"]) + encode_command(many))
+    assert parser.next_command() == [b"PING"]
+    with pytest.raises(ProtocolError, match="unauthenticated multibulk length"):
+        parser.next_command()
+
+
 def test_unauthenticated_limits_allow_exactly_the_limit() -> None:
     args = [b"x" * UNAUTH_MAX_BULK] * UNAUTH_MAX_MULTIBULK
     cmds, error, _ = same_outcome_every_chunking(encode_command(args), authenticated=False)
     assert (cmds, error) == ([args], None)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"x" * 1023],
+        [b"x" * 1024],
+        [b"SET", b"k", b"x" * 100_000],
+        [b"a"] * 1023,
+        [b"a"] * 1024,
+        [b"a\r\nb", b"\r\n", b""],
+    ],
+    ids=["1023B", "1024B", "100KB", "1023args", "1024args", "crlf-inside"],
+)
+def test_fast_and_careful_paths_meet(args: list[bytes]) -> None:
+    # Commands on both sides of the fast path's bounds, between plain pipelined ones.
+    plain = encode_command([b"GET", b"k"])
+    stream = plain * 3 + encode_command(args) + plain * 3
+    expected = [[b"GET", b"k"]] * 3 + [args] + [[b"GET", b"k"]] * 3
+    assert same_outcome_every_chunking(stream) == (expected, None, False)
 
 
 def test_empty_and_negative_multibulks_are_skipped() -> None:
@@ -447,9 +512,14 @@ def test_random_streams_only_raise_protocol_error_and_stay_bounded(
 
 
 @SETTINGS
-@given(resp_soup, st.data())
-def test_random_streams_parse_the_same_in_any_chunking(stream: bytes, data: st.DataObject) -> None:
+@given(st.lists(command_args, max_size=4), resp_soup, st.data())
+def test_random_streams_parse_the_same_in_any_chunking(
+    commands: list[list[bytes]], soup: bytes, data: st.DataObject
+) -> None:
+    # Valid commands first, so the fast path has something to take before the garbage.
+    stream = b"".join(encode_command(args) for args in commands) + soup
     whole = run_parser([stream])
+    assert whole[0][: len(commands)] == commands
     assert run_parser(data.draw(chunked(stream))) == whole
     assert run_parser(bytewise(stream)) == whole
 
