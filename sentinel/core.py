@@ -12,11 +12,9 @@ How it works
   peer's with a higher epoch, or its own publication). Adopting one re-arms the detector for
   every node whose role changed, re-stamps the rest with the new epoch, cancels this sentinel's
   own attempts on shards that changed, and persists.
-- Reconciliation: a node that reports an epoch *below* the topology's, or a role that differs at
-  the same epoch (a restarted --managed node reports none/0), is sent its role at the topology's
-  epoch, at most once per ``ROLE_RESEND_MS``. That is how a returning old primary becomes a
-  replica within one ping period, and how a fresh lab gets its initial roles. A node reporting a
-  *higher* epoch means this sentinel is behind: it waits for the topology instead.
+- Reconciliation (``sentinel.roles``): a node whose report disagrees with the topology is sent
+  its role, at most once per ``ROLE_RESEND_MS``, and only on a report received after the
+  topology was adopted (an older one may describe a node that was already fixed).
 - TILT freezes everything that acts: no votes, no attempts, no failover steps, no role sends.
 """
 
@@ -32,9 +30,7 @@ from sentinel.actions import (
     PersistState,
     PingReply,
     PublishTopology,
-    Role,
     RoleApplied,
-    SendRole,
     SendToPeer,
     WritesPaused,
 )
@@ -50,7 +46,8 @@ from sentinel.election import (
 )
 from sentinel.failover import AbortReason, Failover, ReplicaInfo, Step
 from sentinel.membership import MemberKind, Membership, QuorumStatus
-from sentinel.messages import DownReport, Hello, Message, VoteReply, VoteRequest
+from sentinel.messages import DownReport, Hello, Message, TopologyNews, VoteReply, VoteRequest
+from sentinel.roles import node_roles, role_fix
 from sentinel.state import MAX_HISTORY, FailoverRecord, PersistedState, encode_state
 from sentinel.tilt import TiltGuard, TiltState
 from shardgate.topology import NodeAddress, Shard, Topology
@@ -58,15 +55,6 @@ from shardgate.topology import NodeAddress, Shard, Topology
 # Redis runs its timer at 10 Hz (server.hz); TILT needs ticks well under its 2 s trigger.
 TICK_MS = 100
 ROLE_RESEND_MS = 1000
-
-
-def node_roles(topology: Topology) -> dict[NodeAddress, tuple[NodeKind, str]]:
-    roles: dict[NodeAddress, tuple[NodeKind, str]] = {}
-    for s in topology.shards:
-        roles[s.primary] = (NodeKind.PRIMARY, s.name)
-        for r in s.replicas:
-            roles[r] = (NodeKind.REPLICA, s.name)
-    return roles
 
 
 class SentinelCore:
@@ -231,7 +219,10 @@ class SentinelCore:
         if isinstance(msg, Hello):
             if self.elector.observe_epoch(msg.current_epoch):
                 out.append(self._persist())
-            if msg.topology is not None and msg.topology.supersedes(self.topology):
+            if msg.topology_epoch < self.topology.epoch:
+                out.append(SendToPeer(sender, TopologyNews(self.id, self.topology)))
+        elif isinstance(msg, TopologyNews):
+            if msg.topology.supersedes(self.topology):
                 out += self._adopt(msg.topology, now, source=sender)
         elif isinstance(msg, DownReport):
             for hc in self.detector.on_peer_report(
@@ -285,7 +276,7 @@ class SentinelCore:
         if own_changed:
             out += self._broadcast(self._down_report(shard, hc.key))
         if hc.new is Health.UP:
-            self.timer.on_recovered(shard)
+            self.timer.on_recovered(shard, now)
             fo = self.failovers.get(shard)
             if fo is not None and not fo.manual and fo.step is Step.WAIT_START:
                 out += self._finish(fo, fo.abort(AbortReason.PRIMARY_RECOVERED, now), now)
@@ -335,9 +326,11 @@ class SentinelCore:
             self.config.failover_timeout_ms,
             pause_ms=self.config.manual_pause_ms,
         )
-        down_since = self.detector.since(s.primary)
-        if not manual and down_since is not None:
-            fo.timeline.insert(0, ("odown", down_since))
+        if not manual and self.detector.state(s.primary) is Health.ODOWN:
+            down_since = self.detector.down_since(s.primary)
+            odown_since = self.detector.since(s.primary)
+            if down_since is not None and odown_since is not None:
+                fo.timeline[0:0] = [("sdown", down_since), ("odown", odown_since)]
         self.candidacies[s.name] = cand
         self.failovers[s.name] = fo
         out: list[Action] = [
@@ -362,7 +355,7 @@ class SentinelCore:
             votes=cand.votes(),
             replicas=self._replica_infos(fo.shard, now),
             down_after_ms=self.config.down_after_ms,
-            primary_down_since_ms=self.detector.since(fo.shard.primary) if not fo.manual else None,
+            primary_down_since_ms=None if fo.manual else self.detector.down_since(fo.shard.primary),
             max_report_age_ms=max(3 * self.config.ping_period_ms, 1000),
         )
         return self._step(fo, actions, now)
@@ -395,7 +388,7 @@ class SentinelCore:
                 # crash right after can never make this sentinel publish a lower epoch.
                 out += self._adopt(fo.published, now, source=self.id)
                 out += published
-                out += self._broadcast(self._hello())
+                out += self._broadcast(TopologyNews(self.id, fo.published))
             else:
                 out += published
         if fo.finished:
@@ -416,7 +409,10 @@ class SentinelCore:
             if fo.restore and fo.epoch > self.topology.epoch:
                 restored = attrs.evolve(self.topology, epoch=fo.epoch)
                 out += self._adopt(restored, now, source=self.id)
-                out += [PublishTopology(restored), *self._broadcast(self._hello())]
+                out += [
+                    PublishTopology(restored),
+                    *self._broadcast(TopologyNews(self.id, restored)),
+                ]
         return [*out, self._persist()]
 
     def _adopt(self, topology: Topology, now: int, *, source: str) -> list[Action]:
@@ -453,25 +449,11 @@ class SentinelCore:
         role = node_roles(self.topology).get(node)
         if entry is None or role is None or self.tilt.tilted or entry[1] < self.adopted_ms:
             return []  # no report since the topology changed: the node may already be fixed
-        report = entry[0]
-        kind, shard_name = role
-        fo = self.failovers.get(shard_name)
+        fo = self.failovers.get(role[1])
         if fo is not None and fo.step not in (Step.WAIT_START, Step.SELECT_REPLICA):
             return []  # the failover owns this shard's roles now
-        if report.epoch > self.topology.epoch:
-            return []  # we are behind: wait for the newer topology
-        shard = self.shard(shard_name)
-        assert shard is not None
-        want = SendRole(
-            node,
-            kind_role(kind),
-            self.topology.epoch,
-            None if kind is NodeKind.PRIMARY else shard.primary,
-        )
-        same = report.epoch == self.topology.epoch and report.role is want.role
-        if same and (kind is NodeKind.PRIMARY or report.primary == shard.primary):
-            return []
-        if now - self.role_sent.get(node, -ROLE_RESEND_MS) < ROLE_RESEND_MS:
+        want = role_fix(self.topology, entry[0])
+        if want is None or now - self.role_sent.get(node, -ROLE_RESEND_MS) < ROLE_RESEND_MS:
             return []
         self.role_sent[node] = now
         return [want, Log.of("+fix-role", node=node, role=want.role.value, epoch=want.epoch)]
@@ -492,7 +474,7 @@ class SentinelCore:
         return out
 
     def _hello(self) -> Hello:
-        return Hello(self.id, self.config.listen, self.elector.current_epoch, self.topology)
+        return Hello(self.id, self.config.listen, self.elector.current_epoch, self.topology.epoch)
 
     def _down_report(self, shard: str, primary: NodeAddress) -> DownReport:
         down = self.detector.is_down(primary)
@@ -506,7 +488,3 @@ class SentinelCore:
 
     def _broadcast(self, msg: Message) -> list[Action]:
         return [SendToPeer(peer, msg) for peer in sorted(self.peers)]
-
-
-def kind_role(kind: NodeKind) -> Role:
-    return Role.PRIMARY if kind is NodeKind.PRIMARY else Role.REPLICA

@@ -93,11 +93,16 @@ class Watch:
     last_valid_reply_ms: int
     state: Health = Health.UP
     since_ms: int = 0
+    down_since_ms: int | None = None  # when it last left UP (Redis's s_down_since_time)
     reports: dict[str, PeerReport] = attrs.field(factory=dict)
 
     def move(self, new: Health, now: int) -> None:
         if new not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"health {self.state.name} -> {new.name}")
+        if self.state is Health.UP:
+            self.down_since_ms = now
+        elif new is Health.UP:
+            self.down_since_ms = None
         self.state = new
         self.since_ms = now
 
@@ -270,6 +275,10 @@ class FailureDetector:
     def since(self, key: Key) -> int | None:
         w = self._watches.get(key)
         return None if w is None else w.since_ms
+
+    def down_since(self, key: Key) -> int | None:
+        w = self._watches.get(key)
+        return None if w is None else w.down_since_ms
 
     def last_reply(self, key: Key) -> int | None:
         w = self._watches.get(key)

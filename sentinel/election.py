@@ -140,14 +140,14 @@ class AttemptTimer:
         return self.rng.randrange(0, self.max_backoff_ms + 1)
 
     def on_odown(self, shard: str, now: int) -> None:
-        entry = self._not_before.get(shard)
-        # A pending back-off or a running cool-down stands; an expired one is replaced.
-        if entry is None or (entry[1] and entry[0] <= now):
+        """Arm the back-off; a pending back-off or cool-down (even an expired one) stands."""
+        if shard not in self._not_before:
             self._not_before[shard] = (now + self._backoff(), False)
 
-    def on_recovered(self, shard: str) -> None:
+    def on_recovered(self, shard: str, now: int) -> None:
+        """The primary is up again: drop its back-off, and its cool-down once that is over."""
         entry = self._not_before.get(shard)
-        if entry is not None and not entry[1]:
+        if entry is not None and (not entry[1] or entry[0] <= now):
             del self._not_before[shard]
 
     def cool_down(self, shard: str, now: int) -> None:

@@ -1,9 +1,11 @@
 """Sentinel-to-sentinel messages and their msgpack encoding (sans-I/O).
 
-Four messages, each a frozen value:
-- ``Hello``: periodic announcement: who I am, my current epoch, and the newest topology I hold.
-  Peers adopt a higher-epoch topology from it, which is how sentinels converge after a failover
-  they missed (a partition, a restart).
+Five messages, each a frozen value:
+- ``Hello``: periodic announcement: who I am, my current epoch, and the epoch of the newest
+  topology I hold. A peer holding a newer topology answers with ``TopologyNews``; that (and the
+  news a leader broadcasts when it publishes) is how sentinels converge after a failover they
+  missed (a partition, a restart). Hellos stay small: a topology is only sent when it is news.
+- ``TopologyNews``: a whole topology.
 - ``DownReport``: "at topology epoch E, I (do not) hold shard S's primary P down". Pushed on
   every change and refreshed periodically; it is what ODOWN counts.
 - ``VoteRequest`` / ``VoteReply``: the election (see ``sentinel.election``).
@@ -44,7 +46,13 @@ class Hello:
     sender: str = attrs.field(validator=_name)
     address: NodeAddress
     current_epoch: int = attrs.field(validator=_nonneg)
-    topology: Topology | None = None
+    topology_epoch: int = attrs.field(validator=_nonneg)
+
+
+@attrs.frozen(slots=True)
+class TopologyNews:
+    sender: str = attrs.field(validator=_name)
+    topology: Topology
 
 
 @attrs.frozen(slots=True)
@@ -72,7 +80,7 @@ class VoteReply:
     current_epoch: int = attrs.field(validator=_nonneg)  # so a stale candidate catches up
 
 
-Message = Hello | DownReport | VoteRequest | VoteReply
+Message = Hello | TopologyNews | DownReport | VoteRequest | VoteReply
 
 
 def _addr(value: Any) -> NodeAddress:
@@ -100,8 +108,9 @@ def decode_topology(data: Any) -> Topology:
 def encode_message(msg: Message) -> bytes:
     fields: list[Any]
     if isinstance(msg, Hello):
-        topo = None if msg.topology is None else encode_topology(msg.topology)
-        fields = ["hello", msg.sender, str(msg.address), msg.current_epoch, topo]
+        fields = ["hello", msg.sender, str(msg.address), msg.current_epoch, msg.topology_epoch]
+    elif isinstance(msg, TopologyNews):
+        fields = ["topology", msg.sender, encode_topology(msg.topology)]
     elif isinstance(msg, DownReport):
         fields = ["down", msg.sender, msg.shard, str(msg.primary), msg.epoch, msg.down]
     elif isinstance(msg, VoteRequest):
@@ -112,7 +121,7 @@ def encode_message(msg: Message) -> bytes:
     return out
 
 
-_ARITY = {"hello": 5, "down": 6, "vote?": 5, "vote": 5}
+_ARITY = {"hello": 5, "topology": 3, "down": 6, "vote?": 5, "vote": 5}
 
 
 def decode_message(data: bytes) -> Message:
@@ -129,8 +138,11 @@ def decode_message(data: bytes) -> Message:
         raise MessageError(f"{kind}: expected {_ARITY[kind]} fields, got {len(raw)}")
     try:
         if kind == "hello":
-            topo = None if raw[4] is None else decode_topology(raw[4])
-            return Hello(raw[1], _addr(raw[2]), raw[3], topo)
+            return Hello(raw[1], _addr(raw[2]), raw[3], raw[4])
+        if kind == "topology":
+            if not isinstance(raw[1], str):
+                raise MessageError("topology: sender must be a string")
+            return TopologyNews(raw[1], decode_topology(raw[2]))
         if kind == "down":
             if not isinstance(raw[5], bool):
                 raise MessageError("down: flag must be a boolean")

@@ -39,6 +39,7 @@ from sentinel.state import decode_state
 from shardgate.topology import NodeAddress, Shard, SlotRange, Topology
 
 LATENCY_MS = 1
+REPLICATION_LAG = 5  # a replica trails its primary by this many writes (ms)
 
 
 def now_ms() -> int:
@@ -150,6 +151,10 @@ class Cluster:
         self.logs: list[tuple[int, str, Log]] = []
         self.published: list[Published] = []
         self.cut: set[frozenset[str]] = set()  # partitioned sentinel pairs
+        self.unreachable: set[tuple[str, NodeAddress]] = set()  # (sentinel, node) cut apart
+        self.writer = False  # when True, the primary takes one write per ms and replicas follow
+        self.replication_broken = False
+        self.acked: list[tuple[int, NodeAddress, int]] = []  # (ms, node, offset) of each write
         self.nursery: trio.Nursery | None = None
 
     # -- faults -------------------------------------------------------------------------------
@@ -183,6 +188,28 @@ class Cluster:
         self.nursery = nursery
         for sid in self.ids:
             self.start_sentinel(sid)
+        if self.writer:
+            nursery.start_soon(self._replication)
+
+    async def _replication(self) -> None:
+        """Started when ``writer`` is on: the writable primary takes a write each ms (its offset grows) and
+        every live replica following it has what its primary had ``REPLICATION_LAG`` ms ago."""
+        past: dict[NodeAddress, list[int]] = {}
+        while True:
+            await sleep_until_ms(now_ms() + 1)
+            now = now_ms()
+            for node in self.nodes.values():
+                if node.writable(now):
+                    node.offset += 1
+                    self.acked.append((now, node.address, node.offset))
+                past.setdefault(node.address, []).append(node.offset)
+                del past[node.address][: -REPLICATION_LAG - 1]
+            for node in self.nodes.values():
+                src = self.nodes.get(node.primary) if node.primary else None
+                following = node.role is Role.REPLICA and src is not None and src.alive
+                if following and node.alive and not self.replication_broken:
+                    assert src is not None
+                    node.offset = max(node.offset, past[src.address][0])
 
     def start_sentinel(self, sid: str) -> None:
         assert self.nursery is not None
@@ -235,7 +262,7 @@ class Cluster:
         wire = encode_message(msg)  # every message goes through the real codec
 
         async def deliver() -> None:
-            await trio.sleep(LATENCY_MS / 1000)
+            await sleep_until_ms(now_ms() + LATENCY_MS)
             inbox = self.inboxes.get(dst)
             if inbox is not None and frozenset((src, dst)) not in self.cut:
                 inbox.send_nowait(decode_message(wire))
@@ -267,15 +294,15 @@ class Cluster:
             await sleep_until_ms(t)
 
     async def _pong(self, sid: str, core: SentinelCore, node: FakeNode) -> None:
-        await trio.sleep(LATENCY_MS / 1000)
-        if node.alive:
+        await sleep_until_ms(now_ms() + LATENCY_MS)
+        if node.alive and (sid, node.address) not in self.unreachable:
             self._handle(sid, core, PingReply(node.address))
             self._handle(sid, core, node.report())
 
     async def _node_call(self, sid: str, action: SendRole | PauseWrites | ResumeWrites) -> None:
         core = self.cores.get(sid)
         node = self.nodes[action.node]
-        await trio.sleep(LATENCY_MS / 1000)
+        await sleep_until_ms(now_ms() + LATENCY_MS)
         now = now_ms()
         if isinstance(action, SendRole):
             ok = node.apply_role(action, now)
@@ -288,7 +315,7 @@ class Cluster:
         else:
             node.paused_until = -1
             return
-        await trio.sleep(LATENCY_MS / 1000)
+        await sleep_until_ms(now_ms() + LATENCY_MS)
         if core is not None and node.alive:
             self._handle(sid, core, reply)
 

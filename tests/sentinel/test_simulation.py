@@ -1,0 +1,263 @@
+"""Three sentinel cores over a fake network in virtual time: exact failover timings and faults.
+
+Timeline of the basic case (down_after_ms = 1000, pings every 100 ms, 1 ms latency):
+the primary's last PONG arrives at 5001 and it dies at 5050; every sentinel's down timer fires
+at 5001 + 1000 + 1 = 6002 (+sdown); their DownReports arrive at 6003 (+odown, quorum 2); s1's
+back-off is 0 so it asks for votes at 6003 under epoch 2; votes arrive at 6005 (elected),
+``SG.ROLE primary 2`` reaches the replica at 6006 and its +OK comes back at 6007, when s1
+publishes topology epoch 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import trio
+import trio.testing
+
+from sentinel.actions import Role
+from sentinel.failover import Step
+from sentinel.state import decode_state
+from tests.sentinel.sim import Cluster, addr, now_ms, one_shard, sleep_until_ms
+
+P, R1, R2 = addr(7001), addr(7101), addr(7102)
+BACKOFFS = {"s1": (0,), "s2": (50,), "s3": (100,)}
+
+
+async def test_failover_completes_at_an_exact_virtual_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(one_shard(), backoffs=BACKOFFS)
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(5050)
+        c.nodes[P].alive = False
+        await sleep_until_ms(7950)
+        c.nodes[P].alive = True  # the old primary comes back (as a primary at epoch 1)
+        await sleep_until_ms(9000)
+        nursery.cancel_scope.cancel()
+    assert sorted((e[0], e[1]) for e in c.events("+sdown") if e[2].get("kind") == "primary") == [
+        (6002, "s1"),
+        (6002, "s2"),
+        (6002, "s3"),
+    ]
+    assert sorted(e[0] for e in c.events("+odown")) == [6003, 6003, 6003]
+    assert [(e[0], e[1]) for e in c.events("+try-failover")] == [(6003, "s1")]
+    assert [(e[0], e[1]) for e in c.events("+elected-leader")] == [(6005, "s1")]
+    assert c.nodes[R1].role_log == [(6006, Role.PRIMARY, 2)]
+    assert [(p.at_ms, p.by, p.topology.epoch) for p in c.published] == [(6007, "s1", 2)]
+    shard = c.published[0].topology.shards[0]
+    assert (shard.primary, shard.replicas) == (R1, (R2, P))
+    assert c.nodes[R2].role_log == [(6008, Role.REPLICA, 2)]
+    # The returning old primary answers the 8000 ping at 8001; every sentinel tells it at once
+    # that it is a replica of R1 under epoch 2, and it obeys at 8002.
+    assert c.nodes[P].role_log[0] == (8002, Role.REPLICA, 2)
+    assert (c.nodes[P].role, c.nodes[P].primary) == (Role.REPLICA, R1)
+    # Peers adopted the topology from s1's hello.
+    assert sorted((e[0], e[1]) for e in c.events("+config-update") if e[1] != "s1") == [
+        (6008, "s2"),
+        (6008, "s3"),
+    ]
+
+
+async def test_a_sentinel_minority_cannot_fail_over(autojump_clock: trio.testing.MockClock) -> None:
+    # quorum 1: s1 alone decides the primary is down (it cannot reach it), but it is cut off from
+    # both peers, so it can never gather the majority of votes; the others see the primary up.
+    c = Cluster(one_shard(), quorum=1, backoffs=BACKOFFS)
+    c.partition({"s1"})
+    c.unreachable.add(("s1", P))
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(20_000)
+        nursery.cancel_scope.cancel()
+    assert c.published == []
+    assert c.nodes[P].role_log == [] and c.nodes[R1].role_log == []
+    # s1 never hears from P: +sdown at 0 + 1000 + 1, and +odown with quorum 1 at once.
+    # Each attempt waits min(10 s, failover_timeout 3 s) for votes, then cools down for
+    # failover_timeout (+ back-off 0) and retries under a higher epoch.
+    tries = [(e[0], e[2].get("epoch")) for e in c.events("+try-failover")]
+    assert tries == [(1001, "2"), (7001, "3"), (13001, "4"), (19001, "5")]
+    aborts = [e[0] for e in c.events("-failover-abort-not-elected")]
+    assert aborts == [4001, 10001, 16001]
+    assert {e[1] for e in c.events("+try-failover")} == {"s1"}
+
+
+async def test_quorum_larger_than_the_sentinels_never_fails_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(one_shard(), quorum=4, backoffs=BACKOFFS)
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(1000)
+        c.nodes[P].alive = False
+        await sleep_until_ms(30_000)
+        status = c.cores["s1"].quorum_status(now_ms())
+        nursery.cancel_scope.cancel()
+    assert c.published == [] and c.events("+odown") == [] and c.events("+try-failover") == []
+    assert len(c.events("+sdown")) == 3
+    assert not status.can_fail_over
+    assert status.reason == "cannot fail over: quorum 4 is larger than the 3 sentinels"
+
+
+async def test_a_leader_killed_right_after_election_is_superseded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(one_shard(), backoffs=BACKOFFS)
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(5050)
+        c.nodes[P].alive = False
+        while "s0" not in c.cores["s1"].failovers:  # noqa: ASYNC110 (polling virtual time)
+            await trio.sleep(0.0005)
+        while c.cores["s1"].failovers["s0"].step is Step.WAIT_START:  # noqa: ASYNC110
+            await trio.sleep(0.0005)
+        assert now_ms() == 6005
+        c.kill_sentinel("s1")  # elected at 6005; its promotion reaches R1 at 6006 regardless
+        await sleep_until_ms(12_000)
+        nursery.cancel_scope.cancel()
+    # s2 and s3 voted for s1 at 6004, so they hold off for failover_timeout plus their back-off:
+    # s2 tries at 6004 + 3000 + 50 under epoch 3, s3's vote arrives at 9056, R1 (already primary
+    # at epoch 2, same offset, lowest address) is promoted again under epoch 3 and answers at 9058.
+    assert [(e[0], e[1], e[2].get("epoch")) for e in c.events("+try-failover")] == [
+        (6003, "s1", "2"),
+        (9054, "s2", "3"),
+    ]
+    assert [(p.at_ms, p.by, p.topology.epoch) for p in c.published] == [(9058, "s2", 3)]
+    assert c.nodes[R1].role_log == [(6006, Role.PRIMARY, 2), (9057, Role.PRIMARY, 3)]
+    assert c.nodes[R2].role_log == [(9059, Role.REPLICA, 3)]
+    assert c.cores["s3"].topology.epoch == 3
+
+
+async def test_thirty_kills_give_thirty_failovers_with_increasing_epochs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(one_shard(), backoffs={"s1": (30, 0, 120), "s2": (0, 60), "s3": (90, 10)})
+    kills = 30
+    killed_at: list[int] = []
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(3000)
+        for i in range(kills):
+            victim = c.primary_of()
+            victim.alive = False
+            killed_at.append(now_ms())
+            published = len(c.published)
+            while len(c.published) == published:  # noqa: ASYNC110 (polling virtual time)
+                await trio.sleep(0.01)
+            assert now_ms() - c.published[-1].at_ms < 10
+            await trio.sleep(0.2 + 0.05 * (i % 4))  # vary the phase against the ping timers
+            victim.alive = True  # it returns and is made a replica
+            await trio.sleep(1.5)
+        await sleep_until_ms(now_ms() + 20_000)  # and nothing more happens afterwards
+        nursery.cancel_scope.cancel()
+    epochs = [p.topology.epoch for p in c.published]
+    assert len(epochs) == kills
+    assert epochs == sorted(set(epochs))
+    assert all(
+        p.topology.shards[0].primary != q.topology.shards[0].primary
+        for p, q in zip(c.published, c.published[1:])
+    )
+    # Every failover took down_after (1000 ms) plus at most a ping period, the back-off (max
+    # 120 ms here) and a few ms of messages.
+    blackouts = [p.at_ms - k for p, k in zip(c.published, killed_at, strict=True)]
+    assert all(1000 < b < 1300 for b in blackouts), blackouts
+    assert c.events("-failover-abort-superseded") == []
+    writable = [n for n in c.nodes.values() if n.writable(now_ms())]
+    assert writable == [c.nodes[c.published[-1].topology.shards[0].primary]]
+
+
+async def test_stale_topology_reports_never_fail_over_the_new_primary(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # s3 never hears from s1 (the leader), so it learns the new topology only through s2's
+    # periodic hello; meanwhile it keeps reporting the dead old primary down under epoch 1.
+    c = Cluster(one_shard(), backoffs=BACKOFFS)
+    c.cut.add(frozenset(("s1", "s3")))
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(5050)
+        c.nodes[P].alive = False
+        await sleep_until_ms(20_000)
+        nursery.cancel_scope.cancel()
+    assert [p.topology.epoch for p in c.published] == [2]
+    assert c.cores["s3"].topology.epoch == 2
+    new_primary = c.published[0].topology.shards[0].primary
+    assert not [e for e in c.events("+sdown") if e[2].get("node") == str(new_primary)]
+
+
+async def test_restarted_sentinel_adopts_the_newest_epoch_and_keeps_its_vote(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(one_shard(), backoffs=BACKOFFS)
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(3000)
+        c.kill_sentinel("s3")
+        await sleep_until_ms(5050)
+        c.nodes[P].alive = False
+        await sleep_until_ms(8000)
+        assert [p.topology.epoch for p in c.published] == [2]
+        assert "s3" not in c.disk  # nothing happened that it had to persist
+        c.start_sentinel("s3")  # restarted from its (config-only) state
+        await sleep_until_ms(8500)
+        nursery.cancel_scope.cancel()
+    assert c.cores["s3"].topology.epoch == 2
+    state = decode_state(c.disk["s3"])
+    assert state.topology_epoch == 2 and state.current_epoch == 2
+    s2_vote = decode_state(c.disk["s2"]).vote
+    assert s2_vote is not None and (s2_vote.epoch, s2_vote.leader) == (2, "s1")
+
+
+async def test_manual_failover_pauses_writes_briefly_and_loses_none(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(one_shard(), backoffs=BACKOFFS)
+    c.writer = True
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(3000)
+        core = c.cores["s1"]
+        error, actions = core.request_failover("s0", now_ms())
+        assert error is None
+        c._run("s1", actions)
+        await sleep_until_ms(4000)
+        nursery.cancel_scope.cancel()
+    # Votes at 3002 → pause sent; P paused at 3003 → WritesPaused at 3004; R1's report at 3101
+    # shows it caught up → P demoted and R1 promoted at 3102 → +OK at 3103 → published.
+    assert [(p.at_ms, p.topology.epoch) for p in c.published] == [(3103, 2)]
+    assert c.nodes[P].role_log == [(3102, Role.REPLICA, 2)]
+    assert c.nodes[R1].role_log == [(3102, Role.PRIMARY, 2)]
+    paused_offset = int(c.events("+writes-paused")[0][2].get("offset") or 0)
+    p_writes = [(t, off) for t, a, off in c.acked if a == P]
+    r_writes = [(t, off) for t, a, off in c.acked if a == R1]
+    assert max(off for _, off in p_writes) == paused_offset  # nothing accepted after the pause
+    assert max(t for t, _ in p_writes) <= 3003  # the pause took effect at 3003
+    assert min(t for t, _ in r_writes) in (3102, 3103)  # writable once promoted
+    assert min(t for t, _ in r_writes) - max(t for t, _ in p_writes) < 1000  # bounded pause
+    # R1 had P's whole stream when promoted: every acknowledged write on P is on R1.
+    assert min(off for _, off in r_writes) == paused_offset + 1
+
+
+async def test_manual_failover_aborts_and_resumes_writes_when_replicas_lag(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(one_shard(), backoffs=BACKOFFS)
+    c.writer = True
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(3000)
+        c.replication_broken = True
+        error, actions = c.cores["s1"].request_failover("s0", now_ms())
+        assert error is None
+        c._run("s1", actions)
+        await sleep_until_ms(5000)
+        nursery.cancel_scope.cancel()
+    # Paused at 3002 (sent) with half the 500 ms pause for catch-up: aborted at 3252.
+    assert [e[0] for e in c.events("-failover-abort-catchup-timeout")] == [3252]
+    assert c.published == []
+    assert c.nodes[P].role_log == [] and c.nodes[P].role is Role.PRIMARY
+    p_times = [t for t, a, _ in c.acked if a == P]
+    gap = max(b - a for a, b in itertools.pairwise(p_times))
+    assert 3253 - 3003 <= gap <= 3254 - 3002  # paused at 3003, resumed at 3253: < 1 s
+    record = c.cores["s1"].history[-1]
+    assert (record.outcome, record.manual) == ("catchup-timeout", True)
