@@ -308,12 +308,26 @@ class BackendConn:
             touched = []
             now = trio.current_time()
             while pos < n:
-                end = reply_end(buf, pos)
-                if end < 0:
-                    if buf[pos] == 36:  # '$': wait for the whole bulk before rescanning
-                        nl = buf.find(b"\r\n", pos)
-                        need = nl + 2 + int(buf[pos + 1 : nl]) + 2 - pos
-                    break
+                # The common replies inline (status, error, integer, bulk); reply_end for the rest.
+                kind = buf[pos]
+                if kind == 43 or kind == 58 or kind == 45:  # '+' ':' '-'
+                    end = buf.find(b"\r\n", pos)
+                    if end < 0:
+                        break
+                    end += 2
+                elif kind == 36:  # '$'
+                    nl = buf.find(b"\r\n", pos)
+                    if nl < 0:
+                        break
+                    size = int(buf[pos + 1 : nl])
+                    end = nl + 2 if size < 0 else nl + size + 4
+                    if end > n:
+                        need = end - pos  # wait for the whole bulk before scanning again
+                        break
+                else:
+                    end = reply_end(buf, pos)
+                    if end < 0:
+                        break
                 if not waiters:
                     raise BackendLost("reply with no request waiting")
                 pending, part = waiters.popleft()

@@ -147,14 +147,13 @@ class ClientConn:
                 decision = router.route(args)
             if type(decision) is int:
                 conn = conns[decision]
-                refusal = conn.refusal()
-                if refusal is not None:
-                    queue.append(Pending.done(self, refusal))
+                if conn.up and len(conn.waiters) < conn.max_queue:
+                    pending = Pending(self, now, deadline)
+                    queue.append(pending)
+                    conn.submit(pending, 0, raw if raw is not None else proxy.encode(args))
+                else:
+                    queue.append(Pending.done(self, conn.refusal() or conn.down_error))
                     stats.refused += 1
-                    continue
-                pending = Pending(self, now, deadline)
-                queue.append(pending)
-                conn.submit(pending, 0, raw if raw is not None else proxy.encode(args))
             elif type(decision) is Split:
                 self._split(decision, now, deadline)
             elif type(decision) is Local:
