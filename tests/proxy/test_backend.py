@@ -65,6 +65,14 @@ class FakeBackend:
                         out.append(b":%d\r\n" % counter)
                     unanswered = 0
                     await stream.send_all(b"".join(out))
+                elif self.mode == "trickle" and unanswered:
+                    # bulk, status, error, integer and array replies, one byte per write
+                    data = b"$5\r\nhello\r\n+OK\r\n-ERR no\r\n:42\r\n*2\r\n$1\r\na\r\n$-1\r\n"
+                    data = data * (unanswered // 5) + b"$-1\r\n" * (unanswered % 5)
+                    unanswered = 0
+                    for i in range(len(data)):
+                        await stream.send_all(data[i : i + 1])
+                        await trio.sleep(0.001)
 
 
 async def start(nursery: trio.Nursery, fake: FakeBackend) -> BackendConn:
@@ -172,4 +180,20 @@ async def test_late_reply_after_timeout_does_not_shift_others(
         assert first[0].reply == conn.timeout_error  # the late ":1" was dropped
         assert second[0].reply == b":2\r\n"  # not shifted onto the late reply
         assert conn.inflight == 0 and conn.health.consecutive_timeouts == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_replies_split_at_every_byte(autojump_clock: trio.testing.MockClock) -> None:
+    fake = FakeBackend()
+    fake.mode = "trickle"
+    async with trio.open_nursery() as nursery:
+        conn = await start(nursery, fake)
+        conn.max_queue = 100
+        owner = FakeClient()
+        pendings = submit(conn, owner, 10)
+        with trio.fail_after(50):
+            await until(lambda: all(p.reply is not None for p in pendings))
+        expected = [b"$5\r\nhello\r\n", b"+OK\r\n", b"-ERR no\r\n", b":42\r\n"]
+        expected.append(b"*2\r\n$1\r\na\r\n$-1\r\n")
+        assert [p.reply for p in pendings] == expected * 2
         nursery.cancel_scope.cancel()
