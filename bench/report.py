@@ -1,0 +1,291 @@
+"""The comparison's results as values, their medians, and the markdown written from them (pure)."""
+
+from __future__ import annotations
+
+import shlex
+import statistics
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from bench import redis_benchmark
+from bench.keymem import KeyMemory
+from bench.markdown import table
+from bench.redis_benchmark import BenchRow
+from bench.targets import Endpoint
+
+TESTS = ("set", "get")
+
+
+@attrs.frozen(slots=True)
+class Mode:
+    key: str
+    title: str
+    clients: int
+    pipeline: int
+    requests: int  # per run, at full size
+
+
+# Run sizes: each run lasts ~1-6 s on a 2-core VM for every endpoint, so CPU ticks (10 ms)
+# stay well resolved and a full run stays under ~10 minutes.
+MODES = (
+    Mode("P1", "50 clients, -P 1", 50, 1, 100_000),
+    Mode("P16", "50 clients, -P 16", 50, 16, 500_000),
+    Mode("c1", "1 client, -P 1 (hop latency)", 1, 1, 10_000),
+)
+
+
+def run_size(mode: Mode, scale: float) -> int:
+    return max(1000, int(mode.requests * scale))
+
+
+@attrs.frozen(slots=True)
+class Sample:
+    """One redis-benchmark run: its row, the CPU µs per request, or why it failed."""
+
+    endpoint: str
+    mode: str
+    test: str
+    row: BenchRow | None
+    cpu_us: float | None
+    error: str | None = None
+
+
+@attrs.frozen(slots=True)
+class Summary:
+    """Medians over the rounds of one (endpoint, mode, test)."""
+
+    rps: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    cpu_us: float | None
+    runs: int
+    error: str | None = None
+
+
+Summaries = dict[tuple[str, str, str], Summary]
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(samples: Sequence[Sample]) -> Summaries:
+    groups: dict[tuple[str, str, str], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.endpoint, s.mode, s.test), []).append(s)
+    out = {}
+    for key, group in groups.items():
+        rows = [s.row for s in group if s.row is not None]
+        errors = [s.error for s in group if s.error]
+        out[key] = Summary(
+            rps=_median([r.rps for r in rows]),
+            p50_ms=_median([r.p50_ms for r in rows]),
+            p99_ms=_median([r.p99_ms for r in rows]),
+            cpu_us=_median([s.cpu_us for s in group if s.row is not None]),
+            runs=len(rows),
+            error=errors[0] if errors else None,
+        )
+    return out
+
+
+def ratio(summ: Summaries, top: str, bottom: str, mode: str) -> float | None:
+    """Mean over SET and GET of ops/s(top) ÷ ops/s(bottom)."""
+    parts = []
+    for t in TESTS:
+        a, b = summ.get((top, mode, t)), summ.get((bottom, mode, t))
+        if not a or not b or not a.rps or not b.rps:
+            return None
+        parts.append(a.rps / b.rps)
+    return sum(parts) / len(parts)
+
+
+def added_p50_us(summ: Summaries, via: str, direct: str, mode: str = "c1") -> float | None:
+    """The worse (SET or GET) added p50 latency, in µs, of going through ``via``."""
+    added = []
+    for t in TESTS:
+        a, b = summ.get((via, mode, t)), summ.get((direct, mode, t))
+        if not a or not b or a.p50_ms is None or b.p50_ms is None:
+            return None
+        added.append((a.p50_ms - b.p50_ms) * 1000)
+    return max(added)
+
+
+# The endpoint each one is compared with in the tables.
+BASELINE = {"b": "a", "c": "b", "d": "b", "e": "b", "n": "a"}
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_mode(mode: Mode, endpoints: Sequence[Endpoint], summ: Summaries, requests: int) -> str:
+    header = [
+        "endpoint",
+        "SET ops/s",
+        "GET ops/s",
+        "SET p50 / p99 ms",
+        "GET p50 / p99 ms",
+        "CPU µs/req SET / GET",
+        "ops/s ratio",
+    ]
+    rows = []
+    for e in endpoints:
+        name = f"({e.key}) {e.label}"
+        if not e.available:
+            rows.append([name, "not available", "", "", "", "", e.unavailable or ""])
+            continue
+        st, gt = summ.get((e.key, mode.key, "set")), summ.get((e.key, mode.key, "get"))
+        if st is None or gt is None or st.rps is None or gt.rps is None:
+            err = (st and st.error) or (gt and gt.error) or "no result"
+            rows.append([name, "failed", "", "", "", "", err])
+            continue
+        base = BASELINE.get(e.key)
+        r = ratio(summ, e.key, base, mode.key) if base else None
+        rows.append(
+            [
+                name,
+                _fmt(st.rps, ",.0f"),
+                _fmt(gt.rps, ",.0f"),
+                f"{_fmt(st.p50_ms, '.3f')} / {_fmt(st.p99_ms, '.3f')}",
+                f"{_fmt(gt.p50_ms, '.3f')} / {_fmt(gt.p99_ms, '.3f')}",
+                f"{_fmt(st.cpu_us, '.1f')} / {_fmt(gt.cpu_us, '.1f')}",
+                f"{r:.2f}x ({base})" if r is not None else "-",
+            ]
+        )
+    return f"#### {mode.title} — {requests:,} requests per run\n\n" + table(header, rows)
+
+
+def _check(
+    what: str, measured: float | None, target: str, ok: Callable[[float], bool] | None, spec: str
+) -> list[str]:
+    if measured is None:
+        return [what, "not measured", target, "n/a"]
+    met = "-" if ok is None else ("yes" if ok(measured) else "**no**")
+    return [what, format(measured, spec), target, met]
+
+
+def render_targets(summ: Summaries, mem: Sequence[KeyMemory]) -> str:
+    by_label = {m.label: m for m in mem}
+    rs, node = by_label.get("redis-server"), by_label.get("shardgate node")
+    mem_ratio = node.used_per_key / rs.used_per_key if rs and node and rs.used_per_key else None
+    rss_gap = (
+        abs(node.used_memory_delta - node.rss_delta) / node.rss_delta
+        if node and node.rss_delta > 0
+        else None
+    )
+    rows = [
+        _check(
+            "(c) ÷ (b) ops/s at -P 16 (issue 3)",
+            ratio(summ, "c", "b", "P16"),
+            "≥ 1.0x",
+            lambda v: v >= 1.0,
+            ".2f",
+        ),
+        _check(
+            "(c) ÷ (b) ops/s at -P 1 (issue 3)",
+            ratio(summ, "c", "b", "P1"),
+            "≥ 0.7x",
+            lambda v: v >= 0.7,
+            ".2f",
+        ),
+        _check(
+            "added p50 of the proxy hop, (c) - (a) at -c 1 -P 1, µs (issue 3)",
+            added_p50_us(summ, "c", "a"),
+            "< 150",
+            lambda v: v < 150,
+            ".0f",
+        ),
+        _check(
+            "added p50 of nutcracker's hop, (b) - (a) at -c 1 -P 1, µs",
+            added_p50_us(summ, "b", "a"),
+            "(reference)",
+            None,
+            ".0f",
+        ),
+        _check(
+            "(n) ÷ (a) ops/s at -P 16 (issue 2)",
+            ratio(summ, "n", "a", "P16"),
+            "≥ 0.5x",
+            lambda v: v >= 0.5,
+            ".2f",
+        ),
+        _check(
+            "node bytes/key ÷ redis-server's, used_memory (issue 2)",
+            mem_ratio,
+            "≤ 2x",
+            lambda v: v <= 2.0,
+            ".2f",
+        ),
+        _check(
+            "node used_memory growth vs its RSS growth, difference ÷ RSS growth (issue 2)",
+            rss_gap,
+            "≤ 10%",
+            lambda v: v <= 0.10,
+            ".1%",
+        ),
+    ]
+    return table(["check", "measured", "target", "met"], rows)
+
+
+def render_memory(mem: Sequence[KeyMemory], unavailable: dict[str, str]) -> str:
+    rows = [
+        [
+            m.label,
+            f"{m.keys:,}",
+            f"{m.used_memory_delta / 2**20:,.1f} MiB",
+            f"{m.used_per_key:.0f}",
+            f"{m.rss_delta / 2**20:,.1f} MiB",
+            f"{m.rss_per_key:.0f}",
+        ]
+        for m in mem
+    ]
+    rows += [[label, "not available", "", "", "", why] for label, why in unavailable.items()]
+    header = ["server", "keys", "used_memory growth", "bytes/key", "RSS growth", "RSS bytes/key"]
+    return table(header, rows)
+
+
+def render(
+    *,
+    command: str,
+    rounds: int,
+    scale: float,
+    endpoints: Sequence[Endpoint],
+    samples: Sequence[Sample],
+    mem: Sequence[KeyMemory],
+    mem_unavailable: dict[str, str],
+    machine: Sequence[str],
+    profile: str | None = None,
+) -> str:
+    summ = summarize(samples)
+    example = shlex.join(
+        redis_benchmark.command(host="127.0.0.1", port=0, test="set", requests=MODES[0].requests)
+    ).replace("-p 0", "-p PORT")
+    parts = [
+        "### Side by side: redis-server, nutcracker, shardgate",
+        "",
+        *machine,
+        f"- Command: `{command}` — {rounds} round(s) per mode, run sizes x {scale:g}; "
+        "every figure is the median over the rounds.",
+        f"- Each run: `{example}`, then `-t get`; the same at `-P 16`, and with `-c 1`. "
+        "Endpoints alternate a b c … then … c b a, after a warm-up that writes every key.",
+        "- CPU µs/req: utime+stime of the process under test (its whole process group, so proxy "
+        "workers count) from /proc, before and after each run, divided by its requests: the "
+        "server for (a) and (n), the proxy alone for (b)-(e).",
+        "",
+    ]
+    for mode in MODES:
+        parts += [render_mode(mode, endpoints, summ, run_size(mode, scale)), ""]
+    parts += [
+        "#### Bytes per key — `key:%010d` keys, 100-byte values, fresh processes",
+        "",
+        render_memory(mem, mem_unavailable),
+        "",
+        "#### Targets from the issues (benchmarks, not timed tests)",
+        "",
+        render_targets(summ, mem),
+    ]
+    if profile:
+        parts += ["", "#### Profile headline", "", profile]
+    return "\n".join(parts) + "\n"
