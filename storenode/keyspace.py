@@ -67,7 +67,14 @@ LAZYFREE_CHUNK = 1000
 
 
 class KeyspaceStats:
-    __slots__ = ("avg_ttl_ms", "evicted_keys", "expired_keys", "keyspace_hits", "keyspace_misses")
+    __slots__ = (
+        "avg_ttl_ms",
+        "evicted_keys",
+        "expired_keys",
+        "expired_stale_perc",
+        "keyspace_hits",
+        "keyspace_misses",
+    )
 
     def __init__(self) -> None:
         self.keyspace_hits = 0
@@ -75,6 +82,7 @@ class KeyspaceStats:
         self.expired_keys = 0
         self.evicted_keys = 0
         self.avg_ttl_ms = 0  # running estimate from the active cycle, like Redis's db->avg_ttl
+        self.expired_stale_perc = 0.0  # INFO's expired_stale_perc: share of samples expired
 
 
 class Keyspace:
@@ -418,6 +426,11 @@ class Keyspace:
             avg = self.stats.avg_ttl_ms
             sample_avg = ttl_sum // ttl_n
             self.stats.avg_ttl_ms = sample_avg if not avg else (avg // 50) * 49 + sample_avg // 50
+        stats = self.stats
+        # Redis's smoothing of expired_stale_perc (expire.c): 5% weight for the new sample.
+        stats.expired_stale_perc = (
+            stats.expired_stale_perc * 0.95 + 100.0 * expired / sampled * 0.05
+        )
         return pending or expired * 4 > sampled
 
     def _lazyfree_step(self) -> bool:

@@ -264,6 +264,7 @@ def test_active_expire_step_stops_when_few_keys_are_stale() -> None:
     results = [ks.active_expire_step(NOW + 11) for _ in range(50)]
     assert results.count(True) < 10  # ~10% stale: the shell would stop after one step
     assert ks.stats.avg_ttl_ms > 0
+    assert 0.0 < ks.stats.expired_stale_perc < 25.0
     check_invariants(ks)
 
 
