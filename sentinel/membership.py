@@ -8,7 +8,8 @@ How it works
   minority side of a partition (two of five sentinels that forget the other three would elect
   themselves). So a sentinel forgets peers only while it hears from a majority of its *current*
   membership: the isolated side cannot forget, the majority side can, and the two never both
-  believe they are a majority.
+  believe they are a majority. The same guard applies to replicas, so a sentinel cut off from
+  everything keeps its view instead of rewriting it.
 - ``quorum_status()`` reports what a failover needs: votes = max(quorum, majority of known
   sentinels), and whether that is reachable at all (quorum larger than the sentinels → never).
 """
@@ -105,12 +106,10 @@ class Membership:
         gone = [m for m in self._members.values() if now - m.last_seen_ms > self.forget_after_ms]
         if not gone:
             return ()
-        forgotten = [m for m in gone if m.kind is MemberKind.REPLICA]
-        stale_sentinels = [m for m in gone if m.kind is MemberKind.SENTINEL]
-        if stale_sentinels:
-            status = self.quorum_status(quorum=1, now=now, down_after_ms=down_after_ms)
-            if status.reachable >= status.majority:
-                forgotten.extend(stale_sentinels)
+        status = self.quorum_status(quorum=1, now=now, down_after_ms=down_after_ms)
+        if status.reachable < status.majority:
+            return ()  # cut off from most sentinels: our silence is not theirs
+        forgotten = gone
         for m in forgotten:
             del self._members[(m.kind, m.key)]
         return tuple(sorted(forgotten, key=lambda m: (m.kind.value, m.key)))
