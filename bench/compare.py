@@ -2,6 +2,9 @@
 
     python -m bench.compare [--quick] [--rounds 3] [--only a,b,c] [--profile] [--write docs/performance.md]
 
+Run from an exported snapshot of a commit (``git archive``) with ``BENCH_COMMIT=<sha>`` so the
+report names the code it measured.
+
 How it works
 - Every endpoint (see ``bench.targets``) is started at once in a lab directory, warmed up (SETs
   over the whole keyspace, so GETs hit), then measured with redis-benchmark: 50 clients,
@@ -23,6 +26,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 
 from bench import keymem, redis_benchmark
 from bench.markdown import replace_section
@@ -138,16 +143,24 @@ def machine_info() -> list[str]:
             pass
     tools = [tool_version(t) for t in ("redis-server", "redis-benchmark", "nutcracker")]
     root = str(Path(__file__).resolve().parent.parent)
-    commit = (_lines(["git", "-C", root, "rev-parse", "--short", "HEAD"]) or ["unknown"])[0]
+    commit = os.environ.get("BENCH_COMMIT")  # set when running from an exported snapshot
+    if not commit:
+        commit = (_lines(["git", "-C", root, "rev-parse", "--short", "HEAD"]) or ["unknown"])[0]
+        dirty = _lines(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"])
+        commit += " plus uncommitted changes" if dirty else ""
     return [
         f"- Machine: {model}, {os.cpu_count()} cores, Linux {platform.release()}; the load "
         "generator, proxies and backends all share these cores.",
         f"- Software: Python {platform.python_version()}, {', '.join(versions)}; "
         + "; ".join(tools)
         + ".",
-        f"- shardgate at commit {commit} (with the working tree of the time), measured "
+        f"- shardgate at commit {commit}, measured "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
     ]
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def echo(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the lab below stops its processes.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     directory = args.dir or tempfile.mkdtemp(prefix="shardgate-bench-")
     echo(f"bench: processes and logs in {directory}")
     started = time.monotonic()
