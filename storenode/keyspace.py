@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator
 from storenode.eviction import DEFAULT_SAMPLES, VOLATILE_POLICIES, EvictionPolicy, choose_victim
 from storenode.records import (
     ENTRY_COST,
+    POS_BITS,
+    POS_MASK,
     VOLATILE_EXTRA_COST,
     Entry,
     VolatileEntry,
@@ -244,7 +246,8 @@ class Keyspace:
         e: Entry
         if expire_at:
             vkeys = self._vkeys
-            e = VolatileEntry(value, self._stamp(now_ms), len(keys), expire_at, len(vkeys))
+            pos = len(keys) | len(vkeys) << POS_BITS
+            e = VolatileEntry(value, self._stamp(now_ms), pos, expire_at)
             vkeys.append(key)
             self._mem += VOLATILE_EXTRA_COST
         else:
@@ -262,7 +265,7 @@ class Keyspace:
             e.expire_at = expire_at
             return e
         vkeys = self._vkeys
-        v = VolatileEntry(e.value, e.lru, e.idx, expire_at, len(vkeys))
+        v = VolatileEntry(e.value, e.lru, e.pos | len(vkeys) << POS_BITS, expire_at)
         vkeys.append(key)
         self._map[key] = v
         self._mem += VOLATILE_EXTRA_COST
@@ -275,7 +278,7 @@ class Keyspace:
         if not isinstance(e, VolatileEntry):
             return e
         self._vremove(e)
-        p = Entry(e.value, e.lru, e.idx)
+        p = Entry(e.value, e.lru, e.pos & POS_MASK)
         self._map[key] = p
         self._mem -= VOLATILE_EXTRA_COST
         if self._maxmemory:
@@ -311,10 +314,11 @@ class Keyspace:
         del self._map[key]
         keys = self._keys
         last = keys.pop()
-        i = e.idx
+        i = e.pos & POS_MASK
         if i < len(keys):  # not the last key: the last one fills the hole
             keys[i] = last
-            self._map[last].idx = i
+            moved = self._map[last]
+            moved.pos = moved.pos >> POS_BITS << POS_BITS | i
         cost = ENTRY_COST + bytes_cost(len(key)) + value_cost(e.value)
         if isinstance(e, VolatileEntry):
             self._vremove(e)
@@ -326,12 +330,11 @@ class Keyspace:
     def _vremove(self, e: VolatileEntry) -> None:
         vkeys = self._vkeys
         last = vkeys.pop()
-        i = e.vidx
+        i = e.pos >> POS_BITS
         if i < len(vkeys):
             vkeys[i] = last
             moved = self._map[last]
-            assert isinstance(moved, VolatileEntry)
-            moved.vidx = i
+            moved.pos = i << POS_BITS | moved.pos & POS_MASK
 
     def _expire(self, key: bytes, e: Entry) -> None:
         self._remove(key, e)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 
 # CPython 3.11, 64-bit: what one record costs beyond its key and value bytes. An Entry (3 slots)
-# is 56 bytes with its GC header, a VolatileEntry (5 slots) 72; an index or expiry above 256 is
-# its own int object, 28 bytes rounded up to pymalloc's 8-byte classes. The container slots
+# is 56 bytes with its GC header, a VolatileEntry (4 slots) 64; a position or expiry above 256
+# is its own int object, 28-32 bytes in pymalloc's 8-byte classes. The container slots
 # (dict entry, list slots) are counted by used_memory from the containers' allocated sizes.
 # The *_SLACK terms are calibrated with bench/memory_per_key.py (1M keys, 100-byte values):
 # RSS grows by that much more per record than the objects' sizes add up to (pymalloc pool
@@ -20,8 +20,8 @@ import sys
 _INT_COST = 32
 _ENTRY_SLACK = 16
 _VOLATILE_SLACK = 24
-ENTRY_COST = 56 + _INT_COST + _ENTRY_SLACK  # record + its idx
-VOLATILE_EXTRA_COST = (72 - 56) + 2 * _INT_COST + _VOLATILE_SLACK  # bigger record, expiry, vidx
+ENTRY_COST = 56 + _INT_COST + _ENTRY_SLACK  # record + its pos
+VOLATILE_EXTRA_COST = (64 - 56) + _INT_COST + _VOLATILE_SLACK  # bigger record + expire_at
 _PYMALLOC_MAX = 512  # larger objects come from malloc
 _MMAP_THRESHOLD = 128 * 1024  # glibc's default: larger blocks are whole pages
 
@@ -43,30 +43,44 @@ def value_cost(v: bytes | bytearray) -> int:
     return sys.getsizeof(v) + 16  # object + separately malloc'd buffer (getsizeof counts both)
 
 
-class Entry:
-    """One key's record: value, recency and its index in the all-keys array."""
+# ``pos`` packs a record's index in the keyspace's all-keys array (low 32 bits) with, for a
+# VolatileEntry, its index in the volatile-keys array (the bits above): one int object per record
+# instead of two saves a key with a TTL 40 bytes (an int and a slot).
+POS_BITS = 32
+POS_MASK = (1 << POS_BITS) - 1
 
-    __slots__ = ("idx", "lru", "value")
+
+class Entry:
+    """One key's record: value, recency and its position in the keyspace's key arrays."""
+
+    __slots__ = ("lru", "pos", "value")
     expire_at = 0  # no TTL; VolatileEntry overrides this with a slot
 
     value: bytes | bytearray
 
-    def __init__(self, value: bytes | bytearray, lru: int, idx: int) -> None:
+    def __init__(self, value: bytes | bytearray, lru: int, pos: int) -> None:
         self.value = value
         self.lru = lru
-        self.idx = idx
+        self.pos = pos
+
+    @property
+    def idx(self) -> int:
+        """Index in the all-keys array."""
+        return self.pos & POS_MASK
 
 
 class VolatileEntry(Entry):
-    """A record with a TTL: adds the absolute expiry (unix ms) and its index in ``_vkeys``."""
+    """A record with a TTL: adds the absolute expiry (unix ms); ``pos`` also holds ``vidx``."""
 
-    __slots__ = ("expire_at", "vidx")
+    __slots__ = ("expire_at",)
 
-    def __init__(
-        self, value: bytes | bytearray, lru: int, idx: int, expire_at: int, vidx: int
-    ) -> None:
+    def __init__(self, value: bytes | bytearray, lru: int, pos: int, expire_at: int) -> None:
         self.value = value
         self.lru = lru
-        self.idx = idx
+        self.pos = pos
         self.expire_at = expire_at
-        self.vidx = vidx
+
+    @property
+    def vidx(self) -> int:
+        """Index in the volatile-keys array."""
+        return self.pos >> POS_BITS
