@@ -93,7 +93,8 @@ class SentinelCore:
         for sid, addr in self.peers.items():
             self.membership.add(MemberKind.SENTINEL, sid, now=now, address=addr)
             self.detector.watch(sid, NodeKind.SENTINEL, epoch=0, now=now)
-        for node, (kind, _) in node_roles(self.topology).items():
+        self.roles = node_roles(self.topology)  # node → (kind, shard) under self.topology
+        for node, (kind, _) in self.roles.items():
             self.detector.watch(node, kind, epoch=self.topology.epoch, now=now)
             if kind is NodeKind.REPLICA:
                 self.membership.add(MemberKind.REPLICA, str(node), now=now, address=node)
@@ -113,6 +114,10 @@ class SentinelCore:
         return PersistState(encode_state(self.persisted()))
 
     # -- queries -----------------------------------------------------------------------------
+
+    def monitored_nodes(self) -> tuple[NodeAddress, ...]:
+        """The store nodes the shell must ping (changes when a topology is adopted)."""
+        return tuple(sorted(self.roles))
 
     def shard(self, name: str) -> Shard | None:
         return next((s for s in self.topology.shards if s.name == name), None)
@@ -177,7 +182,7 @@ class SentinelCore:
             self.reports[obs.node] = (obs, now)
             for hc in self.detector.on_reply(obs.node, now=now):
                 out += self._on_health(hc, now)
-            if obs.node in node_roles(self.topology):
+            if obs.node in self.roles:
                 self.membership.seen(MemberKind.REPLICA, str(obs.node), now=now)
             for fo in list(self.failovers.values()):
                 out += self._step(fo, fo.on_node_report(obs, now), now)
@@ -271,7 +276,7 @@ class SentinelCore:
         out: list[Action] = [Log.of(hc.event, node=hc.key, kind=hc.kind.value)]
         if hc.kind is not NodeKind.PRIMARY or not isinstance(hc.key, NodeAddress):
             return out
-        shard = node_roles(self.topology).get(hc.key, (None, ""))[1]
+        shard = self.roles.get(hc.key, (None, ""))[1]
         own_changed = (hc.old is Health.UP) != (hc.new is Health.UP)
         if own_changed:
             out += self._broadcast(self._down_report(shard, hc.key))
@@ -417,9 +422,9 @@ class SentinelCore:
 
     def _adopt(self, topology: Topology, now: int, *, source: str) -> list[Action]:
         """Make ``topology`` (higher epoch) ours; persist it before anything else happens."""
-        old_roles = node_roles(self.topology)
+        old_roles = self.roles
         new_roles = node_roles(topology)
-        self.topology = topology
+        self.topology, self.roles = topology, new_roles
         self.adopted_ms = now
         self.elector.observe_epoch(topology.epoch)
         out: list[Action] = [self._persist()]
@@ -446,7 +451,7 @@ class SentinelCore:
 
     def _reconcile(self, node: NodeAddress, now: int) -> list[Action]:
         entry = self.reports.get(node)
-        role = node_roles(self.topology).get(node)
+        role = self.roles.get(node)
         if entry is None or role is None or self.tilt.tilted or entry[1] < self.adopted_ms:
             return []  # no report since the topology changed: the node may already be fixed
         fo = self.failovers.get(role[1])

@@ -101,5 +101,5 @@ def test_state_file_write_is_atomic_and_readable(tmp_path: Path) -> None:
 def test_a_corrupt_state_file_stops_the_sentinel(tmp_path: Path) -> None:
     path = tmp_path / "s1.state"
     path.write_bytes(b"\x00\x01")
-    with pytest.raises(StateError, match="s1.state"):
+    with pytest.raises(StateError, match=r"s1\.state"):
         read_state_file(path)
