@@ -2,7 +2,7 @@
 
 ``py-spy record --format raw`` writes collapsed stacks, one line per distinct stack:
 ``outer (file.py:10);inner (other.py:20) 37``. The headline counts each sample's innermost
-frame (self time) per function, and the share of samples with trio's own code in the stack.
+frame (self time) per function, and the share of self time spent in trio's own code.
 """
 
 from __future__ import annotations
@@ -49,13 +49,14 @@ def headline(text: str, *, top: int = 6) -> str:
     self_time: Counter[str] = Counter()
     in_trio = 0
     for frames, n in stacks:
-        self_time[_function(frames[-1])] += n
-        if any("/trio/" in f or "(trio/" in f for f in frames):
+        leaf = frames[-1]
+        self_time[_function(leaf)] += n
+        if "/trio/" in leaf or "(trio/" in leaf:
             in_trio += n
     leaders = ", ".join(f"{fn} {n / total:.0%}" for fn, n in self_time.most_common(top))
     return (
-        f"{total:,} samples; stacks inside trio's own code: {in_trio / total:.0%}. "
-        f"Top self time: {leaders}."
+        f"{total:,} samples; self time in trio's own code (run loop, epoll, traps): "
+        f"{in_trio / total:.0%}. Top self time: {leaders}."
     )
 
 
@@ -91,7 +92,7 @@ def profile_endpoint(
     if not out.exists():
         echo(f"bench: py-spy failed: {err.strip()[:300]}")
         return None
-    command = " ".join(argv).replace(str(directory) + "/", "")
+    command = " ".join(["py-spy", *argv[1:]]).replace(str(directory) + "/", "")
     return f"`{command}` on ({endpoint.key}) {endpoint.label} at -P 16: " + headline(
         out.read_text()
     )

@@ -226,7 +226,9 @@ def test_profile_headline() -> None:
         ]
     )
     text = profile.headline(collapsed, top=2)
-    assert text.startswith("100 samples; stacks inside trio's own code: 60%.")
+    assert text.startswith(
+        "100 samples; self time in trio's own code (run loop, epoll, traps): 60%."
+    )
     assert "epoll (trio/_core/_io_epoll.py) 60%" in text
     assert "feed (proxy/client.py) 30%" in text
     assert profile.headline("") == "py-spy collected no samples."
