@@ -138,7 +138,7 @@ class SentinelCore:
         ):
             if t is not None:
                 times.append(t)
-        for s in () if self.tilt.tilted else self.topology.shards:
+        for s in () if self.tilt.tilted or self._electing() else self.topology.shards:
             # An ODOWN shard waiting for its back-off is due at its not-before time (or now).
             if s.name not in self.failovers and self.detector.state(s.primary) is Health.ODOWN:
                 times.append(self.timer.not_before(s.name) or now)
@@ -289,9 +289,16 @@ class SentinelCore:
             self.timer.on_odown(shard, now)
         return out
 
+    def _electing(self) -> bool:
+        return any(f.step is Step.WAIT_START for f in self.failovers.values())
+
     def _maybe_attempt(self, now: int) -> list[Action]:
+        # One election at a time: two at once would run under consecutive epochs, and voters
+        # that see the higher one first must refuse the lower, so both would likely fail.
         out: list[Action] = []
-        for s in self.topology.shards:
+        for s in () if self._electing() else self.topology.shards:
+            if self._electing():
+                break
             if s.name in self.failovers or self.detector.state(s.primary) is not Health.ODOWN:
                 continue
             self.timer.on_odown(s.name, now)
@@ -407,7 +414,8 @@ class SentinelCore:
         del self.failovers[fo.shard.name]
         self.candidacies.pop(fo.shard.name, None)
         self.history = [*self.history, fo.record()][-MAX_HISTORY:]
-        if fo.step is Step.DONE:
+        if fo.step is Step.DONE or fo.abort_reason is AbortReason.SUPERSEDED:
+            # Superseded: another change got a higher epoch first; retry at once if still down.
             self.timer.clear(fo.shard.name)
         else:
             self.timer.cool_down(fo.shard.name, now)

@@ -18,6 +18,7 @@ import trio.testing
 from sentinel.actions import Role
 from sentinel.failover import Step
 from sentinel.state import decode_state
+from shardgate.topology import NodeAddress, Shard, SlotRange, Topology
 from tests.sentinel.sim import Cluster, addr, now_ms, one_shard, sleep_until_ms
 
 P, R1, R2 = addr(7001), addr(7101), addr(7102)
@@ -222,19 +223,21 @@ async def test_manual_failover_pauses_writes_briefly_and_loses_none(
         c._run("s1", actions)
         await sleep_until_ms(4000)
         nursery.cancel_scope.cancel()
-    # Votes at 3002 → pause sent; P paused at 3003 → WritesPaused at 3004; R1's report at 3101
-    # shows it caught up → P demoted and R1 promoted at 3102 → +OK at 3103 → published.
+    # Votes at 3002 → pause sent; P paused at 3003 → WritesPaused at 3004; the chosen
+    # replica's report at 3101 shows it caught up → P demoted and it promoted at 3102 → +OK at
+    # 3103 → published. (Which replica is chosen depends on which reported the higher offset.)
+    chosen = NodeAddress.parse(c.events("+selected-slave")[0][2].get("replica") or "")
     assert [(p.at_ms, p.topology.epoch) for p in c.published] == [(3103, 2)]
     assert c.nodes[P].role_log == [(3102, Role.REPLICA, 2)]
-    assert c.nodes[R1].role_log == [(3102, Role.PRIMARY, 2)]
+    assert c.nodes[chosen].role_log == [(3102, Role.PRIMARY, 2)]
     paused_offset = int(c.events("+writes-paused")[0][2].get("offset") or 0)
     p_writes = [(t, off) for t, a, off in c.acked if a == P]
-    r_writes = [(t, off) for t, a, off in c.acked if a == R1]
+    r_writes = [(t, off) for t, a, off in c.acked if a == chosen]
     assert max(off for _, off in p_writes) == paused_offset  # nothing accepted after the pause
     assert max(t for t, _ in p_writes) <= 3003  # the pause took effect at 3003
     assert min(t for t, _ in r_writes) in (3102, 3103)  # writable once promoted
     assert min(t for t, _ in r_writes) - max(t for t, _ in p_writes) < 1000  # bounded pause
-    # R1 had P's whole stream when promoted: every acknowledged write on P is on R1.
+    # The new primary had P's whole stream when promoted: every acknowledged write on P is on it.
     assert min(off for _, off in r_writes) == paused_offset + 1
 
 
@@ -261,3 +264,29 @@ async def test_manual_failover_aborts_and_resumes_writes_when_replicas_lag(
     assert 3253 - 3003 <= gap <= 3254 - 3002  # paused at 3003, resumed at 3253: < 1 s
     record = c.cores["s1"].history[-1]
     assert (record.outcome, record.manual) == ("catchup-timeout", True)
+
+
+async def test_two_shards_failing_together_are_both_failed_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    topo = Topology(
+        1,
+        (
+            Shard("a", addr(7001), (addr(7101),), (SlotRange(0, 8191),)),
+            Shard("b", addr(7002), (addr(7102),), (SlotRange(8192, 16383),)),
+        ),
+    )
+    c = Cluster(topo, backoffs=BACKOFFS)
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(5050)
+        c.nodes[addr(7001)].alive = c.nodes[addr(7002)].alive = False
+        await sleep_until_ms(12_000)
+        nursery.cancel_scope.cancel()
+    # s1 runs one election at a time: shard a under epoch 2 (elected at 6005), then shard b
+    # under epoch 3, published on top of a's change.
+    assert [(p.at_ms, p.topology.epoch) for p in c.published] == [(6007, 2), (6009, 3)]
+    assert c.events("-failover-abort-superseded") == []
+    final = c.published[-1]
+    assert [s.primary for s in final.topology.shards] == [addr(7101), addr(7102)]
+    assert {c.cores[s].topology.epoch for s in c.ids} == {3}
