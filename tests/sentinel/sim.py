@@ -10,7 +10,6 @@ task for peer messages, and one pinger per node. Everything happens in virtual t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import attrs
 import trio
@@ -152,6 +151,7 @@ class Cluster:
         self.published: list[Published] = []
         self.cut: set[frozenset[str]] = set()  # partitioned sentinel pairs
         self.unreachable: set[tuple[str, NodeAddress]] = set()  # (sentinel, node) cut apart
+        self.stopped: dict[str, int] = {}  # sentinel → until when it is frozen (SIGSTOP)
         self.writer = False  # when True, the primary takes one write per ms and replicas follow
         self.replication_broken = False
         self.acked: list[tuple[int, NodeAddress, int]] = []  # (ms, node, offset) of each write
@@ -163,6 +163,15 @@ class Cluster:
         self.scopes.pop(sid).cancel()
         self.inboxes.pop(sid, None)
         self.cores.pop(sid, None)
+
+    def stop(self, sid: str, until_ms: int) -> None:
+        """SIGSTOP until ``until_ms``: nothing runs; replies and messages wait in the buffers."""
+        self.stopped[sid] = until_ms
+
+    async def _thaw(self, sid: str) -> None:
+        until = self.stopped.get(sid, 0)
+        if now_ms() < until:
+            await sleep_until_ms(until)
 
     def partition(self, group: set[str]) -> None:
         for a in group:
@@ -272,6 +281,7 @@ class Cluster:
 
     async def _ticker(self, sid: str, core: SentinelCore) -> None:
         while True:
+            await self._thaw(sid)
             self._run(sid, core.tick(now_ms()))
             self.wakers[sid] = trio.Event()
             with trio.move_on_at(core.next_wakeup(now_ms()) / 1000):
@@ -281,6 +291,7 @@ class Cluster:
         self, sid: str, core: SentinelCore, inbox: trio.MemoryReceiveChannel[Message]
     ) -> None:
         async for msg in inbox:
+            await self._thaw(sid)
             self._handle(sid, core, PeerMessage(msg))
 
     async def _pinger(self, sid: str, core: SentinelCore, address: NodeAddress) -> None:
@@ -288,13 +299,14 @@ class Cluster:
         t = now_ms()
         while True:
             node = self.nodes[address]
-            if node.alive:
+            if node.alive and now_ms() >= self.stopped.get(sid, 0):
                 self.nursery.start_soon(self._pong, sid, core, node)  # type: ignore[union-attr]
             t += period
             await sleep_until_ms(t)
 
     async def _pong(self, sid: str, core: SentinelCore, node: FakeNode) -> None:
         await sleep_until_ms(now_ms() + LATENCY_MS)
+        await self._thaw(sid)
         if node.alive and (sid, node.address) not in self.unreachable:
             self._handle(sid, core, PingReply(node.address))
             self._handle(sid, core, node.report())
@@ -316,10 +328,6 @@ class Cluster:
             node.paused_until = -1
             return
         await sleep_until_ms(now_ms() + LATENCY_MS)
+        await self._thaw(sid)
         if core is not None and node.alive:
             self._handle(sid, core, reply)
-
-
-def pairs(items: list[Published]) -> Iterator[tuple[int, int]]:
-    for p in items:
-        yield p.at_ms, p.topology.epoch

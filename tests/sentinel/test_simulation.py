@@ -290,3 +290,46 @@ async def test_two_shards_failing_together_are_both_failed_over(
     final = c.published[-1]
     assert [s.primary for s in final.topology.shards] == [addr(7101), addr(7102)]
     assert {c.cores[s].topology.epoch for s in c.ids} == {3}
+
+
+async def test_a_stalled_sentinel_tilts_and_does_not_vote_while_the_others_fail_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(one_shard(), backoffs={"s1": (100,), "s2": (0,), "s3": (50,)})
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(3050)
+        c.stop("s1", 6000)  # SIGSTOP at 3050, SIGCONT at 6000
+        await sleep_until_ms(10_050)
+        c.nodes[P].alive = False
+        await sleep_until_ms(40_000)
+        nursery.cancel_scope.cancel()
+    # s1's last tick was at 3000; at 6000 it sees a 3000 ms gap: TILT until 36 000.
+    assert [(e[0], e[1]) for e in c.events("+tilt")] == [(6000, "s1")]
+    assert [(e[0], e[1]) for e in c.events("-tilt")] == [(36_000, "s1")]
+    # The primary's last PONG is at 10 001: SDOWN at 11 002 everywhere; s2 (back-off 0) asks at
+    # 11 003; s1 refuses (TILT), s3 votes; published at 11 007 by s2.
+    assert [(e[0], e[1]) for e in c.events("-vote-refused")] == [(11_004, "s1")]
+    assert [(p.at_ms, p.by, p.topology.epoch) for p in c.published] == [(11_007, "s2", 2)]
+    assert c.events("+try-failover") == [e for e in c.events("+try-failover") if e[1] == "s2"]
+    assert c.cores["s1"].topology.epoch == 2  # it still follows topologies while tilted
+
+
+async def test_a_dead_sentinel_is_forgotten_at_an_exact_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = Cluster(one_shard(), backoffs=BACKOFFS, forget_after_ms=5000)
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(3050)
+        c.kill_sentinel("s3")
+        await sleep_until_ms(10_000)
+        status = c.cores["s1"].quorum_status(now_ms())
+        nursery.cancel_scope.cancel()
+    # s3 gossiped last at 3000 (received at 3001): forgotten at 3001 + 5000 + 1.
+    assert sorted((e[0], e[1]) for e in c.events("-sentinel-forgotten")) == [
+        (8002, "s1"),
+        (8002, "s2"),
+    ]
+    assert (status.sentinels, status.majority, status.needed) == (2, 2, 2)
+    assert decode_state(c.disk["s1"]).sentinels == (("s2", addr(26380)),)
