@@ -75,7 +75,7 @@ def _check_id(text: object, *, where: str) -> str:
         raise ConfigError(f"{where}: expected a non-empty string id, got {text!r}")
     if len(text) > MAX_ID_LENGTH:
         raise ConfigError(f"{where}: id longer than {MAX_ID_LENGTH} characters")
-    if not all(c.isalnum() or c in "-_." for c in text):
+    if not all((c.isascii() and c.isalnum()) or c in "-_." for c in text):
         raise ConfigError(f"{where}: id {text!r} may only use letters, digits, '-', '_' and '.'")
     return text
 

@@ -47,6 +47,7 @@ class SentinelStatus:
     quorum: QuorumStatus
     sentinels: tuple[tuple[str, str, Health], ...]  # id, address, health
     shards: tuple[ShardView, ...]
+    proxies: tuple[tuple[str, int], ...] = ()  # proxy → the topology epoch it reported
 
 
 def build_status(core: SentinelCore, now: int) -> SentinelStatus:
@@ -99,6 +100,7 @@ def build_status(core: SentinelCore, now: int) -> SentinelStatus:
         core.quorum_status(now),
         sentinels,
         tuple(shards),
+        tuple((name, epoch) for name, (epoch, _) in sorted(core.proxy_epochs.items())),
     )
 
 
@@ -152,6 +154,7 @@ def status_to_dict(st: SentinelStatus) -> dict[str, Any]:
             "reason": q.reason,
         },
         "sentinels": [{"id": i, "address": a, "health": h.value} for i, a, h in st.sentinels],
+        "proxies": {name: epoch for name, epoch in st.proxies},
         "shards": [
             {
                 "name": s.name,
@@ -196,6 +199,8 @@ def render_status(st: SentinelStatus) -> str:
             [(sid, a, h.value) for sid, a, h in st.sentinels],
         ),
     ]
+    if st.proxies:
+        out += ["", table(("PROXY", "EPOCH"), [(name, str(e)) for name, e in st.proxies])]
     for s in st.shards:
         out.append("")
         views = ", ".join(f"{sid}={h.value}" for sid, h in s.views)

@@ -223,5 +223,25 @@ def test_status_and_history_rendering() -> None:
         "epoch 2  shard s0  automatic  127.0.0.1:7001 -> 127.0.0.1:7101  done  leader s1"
     )
     assert "votes: s1->s1, s2->s1" in history and "127.0.0.1:7101: rank 1" in history
-    last = status_to_dict(build_status(c, 1104))["shards"][0]["last_failover"]
-    assert [s["step"] for s in last["timeline"]][:3] == ["sdown", "odown", "election"]
+    # A proxy reports the new epoch: its adoption ends the failover's timeline, once.
+    assert kinds(c.note_proxy_epoch("127.0.0.1:6379", 2, 1110)) == [
+        "+proxy-adopted",
+        "PersistState",
+    ]
+    assert c.note_proxy_epoch("127.0.0.1:6379", 2, 1200) == ()
+    doc = status_to_dict(build_status(c, 1300))
+    assert doc["proxies"] == {"127.0.0.1:6379": 2}
+    last = doc["shards"][0]["last_failover"]
+    steps = [(s["step"], s["after_ms"]) for s in last["timeline"]]
+    assert [s for s, _ in steps] == [
+        "sdown",
+        "odown",
+        "election",
+        "elected",
+        "promote",
+        "promoted",
+        "published",
+        "adopted by 127.0.0.1:6379",
+    ]
+    assert steps[-1][1] == 1110 - 1100 and last["duration_ms"] == 10
+    assert "127.0.0.1:6379  2" in render_status(build_status(c, 1300))
