@@ -34,6 +34,7 @@ from typing import Any
 
 import attrs
 
+from sentinel.messages import MAX_EPOCH
 from shardgate.config import ConfigError, check_keys, load_toml
 from shardgate.slots import SLOTS
 from shardgate.topology import NodeAddress, Shard, SlotRange, Topology, TopologyError
@@ -257,7 +258,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Senti
         )
     if "quorum" not in data:
         raise ConfigError("quorum: missing (how many sentinels must agree a primary is down)")
-    epoch = _int(data.get("epoch", 1), name="epoch", low=0, high=2**63 - 1)
+    epoch = _int(data.get("epoch", 1), name="epoch", low=0, high=MAX_EPOCH - 1)
     topology, priorities = _parse_shards(data.get("shards"), epoch=epoch)
     state_file = data.get("state_file", f"sentinel-{sid}.state")
     if not isinstance(state_file, str) or not state_file or "\0" in state_file:

@@ -25,6 +25,9 @@ from shardgate.topology import NodeAddress, Topology, TopologyError
 
 # A message is a few hundred bytes; a topology with many slot ranges a few KB. 1 MB is absurd.
 MAX_MESSAGE_BYTES = 1024 * 1024
+# Epochs and offsets above this are refused, so a hostile or corrupt peer cannot push a sentinel
+# to an epoch it could never increment again (a billion failovers a second for 146 years).
+MAX_EPOCH = 2**62
 
 
 class MessageError(ValueError):
@@ -32,7 +35,7 @@ class MessageError(ValueError):
 
 
 def _nonneg(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_EPOCH:
         raise MessageError(f"{attr.name}: expected a non-negative integer, got {value!r}")
 
 

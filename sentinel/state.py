@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import msgpack
 
-from sentinel.messages import MessageError, decode_topology, encode_topology
+from sentinel.messages import MAX_EPOCH, MessageError, decode_topology, encode_topology
 from shardgate.topology import NodeAddress, Topology, TopologyError
 
 STATE_VERSION = 1
@@ -159,8 +159,8 @@ def decode_state(data: bytes) -> PersistedState:
         raise StateError(f"state file: expected version {STATE_VERSION}")
     try:
         epoch = doc["current_epoch"]
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
-            raise StateError("current_epoch: expected an integer")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < MAX_EPOCH:
+            raise StateError("current_epoch: expected an epoch")
         raw_vote = doc.get("vote")
         vote = None
         if raw_vote is not None:

@@ -53,6 +53,7 @@ def test_round_trip(msg: Message) -> None:
         msgpack.packb(["hello", "", "127.0.0.1:1", 1, 1]),
         msgpack.packb(["hello", "s1", "127.0.0.1:1", -1, 1]),
         msgpack.packb(["hello", "s1", "127.0.0.1:1", True, 1]),
+        msgpack.packb(["vote?", "s1", 2**62, "s0", 1]),  # an epoch nobody could increment
         msgpack.packb(["down", "s1", "s0", "127.0.0.1:1", 1, "yes"]),
         msgpack.packb(["vote", "s1", 1, 5, 1]),
         msgpack.packb(["vote?", "s1", "1", "s0", 1]),
