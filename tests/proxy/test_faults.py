@@ -194,3 +194,39 @@ async def test_passwords_and_pre_auth_limits() -> None:
             proxy.stop()
     finally:
         backend.stop()
+
+
+@pytest.mark.slow
+async def test_slow_reader_and_maxclients_are_bounded() -> None:
+    """A client that pipelines without reading is stopped being read: memory stays bounded."""
+    with backends("redis", 1) as bs:
+        proxy = Proxy("--backends", bs[0].address, "--maxclients", "3").start()
+        try:
+            value = b"v" * 10_000
+            await blocking(lambda: proxy.client().set("big", value))
+            request = hiredis.pack_command((b"GET", b"big")) * 1000
+            async with await trio.open_tcp_stream("127.0.0.1", proxy.port) as stream:
+                sent = 0
+                with trio.move_on_after(3):  # until TCP pushes back (the proxy stopped reading)
+                    for _ in range(100):  # at most 100k GETs = 1 GB of replies if unbounded
+                        await stream.send_all(request)
+                        sent += 1000
+                assert sent < 100_000, "the proxy kept reading a client that never reads"
+                assert proxy.rss_bytes() < 256 * 1024 * 1024
+                # a fresh client is still served while the slow one is stuck
+                assert await blocking(lambda: proxy.client().get("big")) == value
+
+                # maxclients 3: the slow client + 2 more; the next one is refused
+                def over_limit() -> None:
+                    extra = [proxy.client(), proxy.client()]
+                    for r in extra:
+                        assert r.ping()
+                    with pytest.raises(redis.ConnectionError, match="max number of clients"):
+                        proxy.client().ping()
+                    for r in extra:
+                        r.close()
+
+                with trio.fail_after(20):
+                    await blocking(over_limit)
+        finally:
+            proxy.stop()
