@@ -79,6 +79,7 @@ _ONE = (1, 1, 1)
 _ALL = (1, -1, 1)
 _PAIRS = (1, -1, 2)
 _L = Route.LOCAL
+_U = Route.UNSUPPORTED
 _G = "generic"
 _C = "connection"
 _S = "server"
@@ -143,6 +144,16 @@ COMMANDS: dict[str, CommandSpec] = {
         _c("client", -2, "loading stale", route=_L, group=_C, summary="Client connection"),
         _c("quit", -1, "noauth fast stale loading", route=_L, group=_C, summary="Close"),
         _c("reset", 1, "noauth fast stale loading", route=_L, group=_C, summary="Reset"),
+        # replication and fencing (the proxy never forwards these)
+        _c("replicaof", 3, "admin noscript stale", route=_U, group=_S, summary="Follow a primary"),
+        _c("slaveof", 3, "admin noscript stale", route=_U, group=_S, summary="Old REPLICAOF"),
+        _c(
+            "role", 1, "noscript loading stale fast", route=_U, group=_S, summary="Replication role"
+        ),
+        _c("wait", 3, "noscript", route=_U, group=_G, summary="Wait for replica acks"),
+        _c("sg.sync", 4, "admin noscript", route=_U, group=_S, summary="Replica handshake"),
+        _c("sg.role", -3, "admin noscript stale fast", route=_U, group=_S, summary="Assign a role"),
+        _c("sg.fence", -2, "noscript stale fast", route=_U, group=_S, summary="Announce an epoch"),
     )
 }
 

@@ -74,3 +74,16 @@ def parse_port(value: object, *, name: str = "port", allow_zero: bool = True) ->
     if not (0 if allow_zero else 1) <= value <= 65535:
         raise ConfigError(f"{name}: {value} is not a valid port")
     return value
+
+
+def parse_address(value: str, *, name: str = "address") -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:port``) → (host, port)."""
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c.isspace() for c in host) or len(host) > 255:
+        raise ConfigError(f"{name}: bad host in {value!r}")
+    return host, parse_port(port, name=name, allow_zero=False)

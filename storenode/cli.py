@@ -31,6 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--maxclients", help="maximum client connections (default 10000)")
     p.add_argument("--metrics-port", help="serve Prometheus metrics on this port")
     p.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    p.add_argument("--replicaof", metavar="HOST:PORT", help="start as a replica of this primary")
+    p.add_argument(
+        "--managed",
+        action="store_const",
+        const=True,
+        help="take no writes until a sentinel assigns a role (SG.ROLE)",
+    )
+    p.add_argument("--masterauth", help="password for the primary (default: --requirepass)")
+    p.add_argument("--announce", metavar="HOST:PORT", help="address replicas announce")
+    p.add_argument("--repl-backlog-size", help="replication backlog, e.g. 1mb (Redis default)")
+    p.add_argument("--min-replicas-to-write", help="refuse writes with fewer good replicas")
+    p.add_argument("--min-replicas-max-lag", help="seconds since a replica's last ack")
+    p.add_argument("--sync-replicas", help="semi-sync: replica acks needed before replying")
+    p.add_argument("--sync-timeout-ms", help="semi-sync wait before -TIMEOUT (default 1000)")
+    p.add_argument("--replica-priority", help="0 = never promote; lower is preferred")
     p.add_argument("--config", metavar="node.toml", help="TOML file with the same settings")
     p.set_defaults(func=run)
 
@@ -45,6 +60,16 @@ def run(args: argparse.Namespace) -> int:
         "maxclients": args.maxclients,
         "metrics_port": args.metrics_port,
         "log_format": args.log_format,
+        "replicaof": args.replicaof,
+        "managed": args.managed,
+        "masterauth": args.masterauth,
+        "announce": args.announce,
+        "repl_backlog_size": args.repl_backlog_size,
+        "min_replicas_to_write": args.min_replicas_to_write,
+        "min_replicas_max_lag": args.min_replicas_max_lag,
+        "sync_replicas": args.sync_replicas,
+        "sync_timeout_ms": args.sync_timeout_ms,
+        "replica_priority": args.replica_priority,
     }
     try:
         config = load_node_config(args.config, overrides)

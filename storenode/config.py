@@ -7,7 +7,14 @@ from typing import Any
 
 import attrs
 
-from shardgate.config import ConfigError, check_keys, load_toml, parse_port, parse_size
+from shardgate.config import (
+    ConfigError,
+    check_keys,
+    load_toml,
+    parse_address,
+    parse_port,
+    parse_size,
+)
 from shardgate.resp import (
     DEFAULT_MAX_BULK,
     DEFAULT_MAX_INLINE,
@@ -45,6 +52,17 @@ class NodeConfig:
     client_output_stall_seconds: float = 60.0
     hz: int = 10  # Redis default: background cycles per second
     log_format: str = "text"
+    # Replication and fencing (docs/replication.md).
+    replicaof: str = ""  # host:port of the primary to follow at start
+    managed: bool = False  # take no writes until a sentinel assigns a role (SG.ROLE)
+    masterauth: str = ""  # password this node uses with its primary (default: requirepass)
+    repl_backlog_size: int = 1024 * 1024  # Redis default
+    min_replicas_to_write: int = 0  # Redis default: off
+    min_replicas_max_lag: float = 10.0  # seconds, Redis default
+    sync_replicas: int = 0  # semi-synchronous: acks needed before a write is answered
+    sync_timeout_ms: int = 1000
+    replica_priority: int = 100  # Redis default; 0 = never promote (read by sentinels)
+    announce: str = ""  # host:port to announce to the primary (default: the bound address)
 
     def __attrs_post_init__(self) -> None:
         if self.maxmemory_policy not in POLICIES:
@@ -59,6 +77,19 @@ class NodeConfig:
             raise ConfigError("proto-max-bulk-len: must be at least 1mb")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log-format: must be text or json")
+        for name in ("replicaof", "announce"):
+            value = getattr(self, name)
+            if value:
+                parse_address(value, name=name.replace("_", "-"))
+        if self.repl_backlog_size < 16 * 1024:
+            raise ConfigError("repl-backlog-size: must be at least 16kb")
+        for name in ("min_replicas_to_write", "sync_replicas", "replica_priority"):
+            if not 0 <= getattr(self, name) <= 1000:
+                raise ConfigError(f"{name.replace('_', '-')}: must be between 0 and 1000")
+        if not 0 < self.min_replicas_max_lag <= 3600:
+            raise ConfigError("min-replicas-max-lag: must be between 0 and 3600 seconds")
+        if not 1 <= self.sync_timeout_ms <= 3_600_000:
+            raise ConfigError("sync-timeout-ms: must be between 1 and 3600000")
 
     @property
     def limits(self) -> RequestLimits:
@@ -76,15 +107,34 @@ _SIZES = {
     "client_query_buffer_limit",
     "client_output_limit",
 }
-_INTS = {"maxclients", "hz", "max_multibulk", "max_inline"}
+_INTS = {
+    "maxclients",
+    "hz",
+    "max_multibulk",
+    "max_inline",
+    "min_replicas_to_write",
+    "sync_replicas",
+    "sync_timeout_ms",
+    "replica_priority",
+}
+_FLOATS = {"client_output_stall_seconds", "min_replicas_max_lag"}
+_SIZES_EXTRA = {"repl_backlog_size"}
 _FIELDS = {f.name for f in attrs.fields(NodeConfig)}
 
 
 def coerce(name: str, value: Any) -> Any:
     """Turn a TOML/flag/CONFIG SET value into the field's type, or raise ConfigError."""
     label = name.replace("_", "-")
-    if name in _SIZES:
+    if name in _SIZES or name in _SIZES_EXTRA:
         return parse_size(value, name=label)
+    if name == "managed":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("yes", "true", "1"):
+            return True
+        if str(value).lower() in ("no", "false", "0"):
+            return False
+        raise ConfigError(f"{label}: expected yes or no, got {value!r}")
     if name in ("port", "metrics_port"):
         return parse_port(value, name=label)
     if name in _INTS:
@@ -94,7 +144,9 @@ def coerce(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{label}: expected an integer, got {value!r}") from None
-    if name == "client_output_stall_seconds":
+    if name in _FLOATS:
+        if isinstance(value, bool):
+            raise ConfigError(f"{label}: expected a number of seconds, got {value!r}")
         try:
             result = float(value)
         except (TypeError, ValueError):

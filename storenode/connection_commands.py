@@ -16,18 +16,22 @@ import attrs
 
 from shardgate import __version__
 from shardgate.commands import COMMANDS, CommandSpec
-from shardgate.config import ConfigError
+from shardgate.config import ConfigError, parse_address
 from shardgate.errors import CommandError, not_integer, syntax_error
+from shardgate.logs import log_event
 from shardgate.resp import OK, SimpleString, Verbatim, encode_reply
+from storenode import roles
 from storenode.config import NodeConfig, coerce
 from storenode.info import REDIS_COMPAT_VERSION, render_info
 from storenode.keyspace import EvictionPolicy
+from storenode.node_types import Deferred, ServeReplica, WaitForAcks
+from storenode.roles import Role
 from storenode.session import Session
 
 if TYPE_CHECKING:
     from storenode.node import Node
 
-Handler = Callable[["Node", Session, list[bytes]], bytes]
+Handler = Callable[["Node", Session, list[bytes]], "bytes | Deferred"]
 
 _PONG = b"+PONG\r\n"
 
@@ -180,7 +184,7 @@ def _client(node: Node, s: Session, args: list[bytes]) -> bytes:
             raise CommandError("ERR client-id should be greater than 0") from None
         if victim is None:
             raise CommandError("ERR No such client")
-        victim.closing = True
+        victim.kill()
         return b":1\r\n"
     if sub in (b"no-evict", b"no-touch") and len(args) == 3:
         return b"+OK\r\n"
@@ -359,7 +363,141 @@ def command_reply(args: list[bytes], table: dict[str, CommandSpec]) -> object:
     )
 
 
+# --- replication and fencing -------------------------------------------------------------
+
+
+def _replicaof(node: Node, s: Session, args: list[bytes]) -> bytes:
+    host, port = args[1].decode("utf-8", "replace"), args[2].decode("utf-8", "replace")
+    if host.lower() == "no" and port.lower() == "one":
+        if node.roles.role is not Role.PRIMARY:
+            node.set_roles(roles.manual(node.roles, Role.PRIMARY))
+            log_event("role_change", role="primary", by="REPLICAOF NO ONE")
+        return b"+OK\r\n"
+    try:
+        address = "{}:{}".format(*parse_address(f"{host}:{port}", name="REPLICAOF"))
+    except ConfigError:
+        raise CommandError("ERR Invalid master port") from None
+    if node.roles.role is Role.REPLICA and node.roles.primary == address:
+        return encode_reply(SimpleString("OK Already connected to specified master"), s.resp3)
+    node.set_roles(roles.manual(node.roles, Role.REPLICA, address))
+    log_event("role_change", role="replica", primary=address, by="REPLICAOF")
+    return b"+OK\r\n"
+
+
+def _role(node: Node, s: Session, args: list[bytes]) -> bytes:
+    state = node.roles
+    repl = node.repl
+    if state.role is Role.REPLICA:
+        assert state.primary is not None
+        host, port = parse_address(state.primary)
+        link = "connected" if repl.link_up else ("sync" if repl.sync_in_progress else "connecting")
+        return encode_reply([b"slave", host.encode(), port, link.encode(), repl.offset], s.resp3)
+    replicas = [
+        [
+            r.addr.rpartition(":")[0].encode(),
+            r.addr.rpartition(":")[2].encode(),
+            str(r.ack_offset).encode(),
+        ]
+        for r in repl.replicas.replicas.values()
+    ]
+    kind = b"master" if state.role is Role.PRIMARY else b"none"
+    return encode_reply([kind, repl.offset, replicas], s.resp3)
+
+
+def _wait(node: Node, s: Session, args: list[bytes]) -> bytes | Deferred:
+    try:
+        numreplicas = int(args[1])
+        timeout = int(args[2])
+    except ValueError:
+        raise not_integer() from None
+    if timeout < 0:
+        raise CommandError("ERR timeout is negative")
+    if node.roles.role is Role.REPLICA:
+        raise CommandError("ERR WAIT cannot be used with replica instances.")
+    return WaitForAcks(numreplicas, timeout, node.repl.offset)
+
+
+def _sg_sync(node: Node, s: Session, args: list[bytes]) -> bytes | Deferred:
+    """SG.SYNC replid offset announce-address: this connection becomes a replica link."""
+    if node.roles.role is not Role.PRIMARY:
+        raise CommandError("ERR not a primary: cannot serve replicas")
+    try:
+        offset = int(args[2])
+        announce = "{}:{}".format(
+            *parse_address(args[3].decode("utf-8", "replace"), name="announce")
+        )
+    except (ValueError, ConfigError):
+        raise syntax_error() from None
+    return ServeReplica(args[1].decode("ascii", "replace"), offset, announce)
+
+
+def _parse_epoch(raw: bytes) -> int:
+    try:
+        epoch = int(raw)
+    except ValueError:
+        raise CommandError("ERR epoch is not an integer") from None
+    if not 0 <= epoch < 2**63:
+        raise CommandError("ERR epoch out of range")
+    return epoch
+
+
+def _sg_role(node: Node, s: Session, args: list[bytes]) -> bytes:
+    """SG.ROLE primary EPOCH | SG.ROLE replica EPOCH host:port (from a sentinel)."""
+    kind = args[1].lower()
+    epoch = _parse_epoch(args[2])
+    primary: str | None = None
+    if kind == b"primary" and len(args) == 3:
+        role = Role.PRIMARY
+    elif kind == b"replica" and len(args) == 4:
+        role = Role.REPLICA
+        try:
+            primary = "{}:{}".format(
+                *parse_address(args[3].decode("utf-8", "replace"), name="primary")
+            )
+        except ConfigError as exc:
+            raise CommandError(f"ERR {exc}") from None
+    else:
+        raise syntax_error()
+    try:
+        new = roles.assign(node.roles, role, epoch, primary)
+    except roles.StaleEpoch as exc:
+        raise CommandError(exc.message) from None
+    changed = (new.role, new.primary) != (node.roles.role, node.roles.primary)
+    node.set_roles(new)
+    if changed:
+        log_event("role_change", role=role.value, epoch=epoch, primary=primary or "", by="SG.ROLE")
+    return b"+OK\r\n"
+
+
+def _sg_fence(node: Node, s: Session, args: list[bytes]) -> bytes:
+    """SG.FENCE EPOCH [primary|replica] (from a proxy, once per backend connection)."""
+    epoch = _parse_epoch(args[1])
+    claimed: Role | None = None
+    if len(args) == 3:
+        try:
+            claimed = Role(args[2].decode("ascii", "replace").lower())
+        except ValueError:
+            raise syntax_error() from None
+    elif len(args) > 3:
+        raise syntax_error()
+    try:
+        new = roles.fence(node.roles, epoch, claimed)
+    except roles.StaleEpoch as exc:
+        raise CommandError(exc.message) from None
+    if new.fenced and not node.roles.fenced:
+        log_event("fenced", level="warn", epoch=epoch, role_epoch=new.role_epoch)
+    node.set_roles(new)
+    return b"+OK\r\n"
+
+
 HANDLERS: dict[str, Handler] = {
+    "replicaof": _replicaof,
+    "slaveof": _replicaof,
+    "role": _role,
+    "wait": _wait,
+    "sg.sync": _sg_sync,
+    "sg.role": _sg_role,
+    "sg.fence": _sg_fence,
     "ping": _ping,
     "echo": _echo,
     "auth": _auth,

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shardgate import __version__
+from storenode.roles import Role
 
 if TYPE_CHECKING:
     from storenode.node import Node
@@ -109,16 +110,64 @@ def _stats(node: Node) -> list[tuple[str, object]]:
         ("total_error_replies", s.error_replies),
         ("protocol_errors", s.protocol_errors),
         ("client_output_limit_disconnections", s.output_limit_disconnections),
+        ("sync_full", node.repl.full_syncs),
+        ("sync_partial_ok", node.repl.partial_syncs),
+        ("sync_partial_err", node.repl.partial_refused),
     ]
 
 
 def _replication(node: Node) -> list[tuple[str, object]]:
-    return [
-        ("role", "master"),
-        ("connected_slaves", 0),
-        ("master_replid", node.run_id),
-        ("master_repl_offset", 0),
+    state = node.roles
+    repl = node.repl
+    now = time.monotonic()
+    out: list[tuple[str, object]] = []
+    if state.role is Role.REPLICA and state.primary:
+        host, _, port = state.primary.rpartition(":")
+        out += [
+            ("role", "slave"),
+            ("master_host", host),
+            ("master_port", port),
+            ("master_link_status", "up" if repl.link_up else "down"),
+            ("master_last_io_seconds_ago", int(now - repl.last_io) if repl.last_io else -1),
+            ("master_sync_in_progress", int(repl.sync_in_progress)),
+            ("slave_read_repl_offset", repl.offset),
+            ("slave_repl_offset", repl.offset),
+            ("slave_priority", node.config.replica_priority),
+            ("slave_read_only", 1),
+            ("replica_announced", 1),
+        ]
+    else:
+        out.append(("role", "master"))
+    table = repl.replicas.replicas
+    out.append(("connected_slaves", len(table)))
+    for i, r in enumerate(table.values()):
+        host, _, port = r.addr.rpartition(":")
+        lag = int(now - r.last_ack) if r.last_ack else -1
+        state_name = "online" if r.online else "wait_bgsave"
+        out.append(
+            (
+                f"slave{i}",
+                f"ip={host},port={port},state={state_name},offset={r.ack_offset},lag={lag}",
+            )
+        )
+    backlog = repl.backlog
+    out += [
+        ("master_failover_state", "no-failover"),
+        ("master_replid", repl.replid),
+        ("master_replid2", repl.replid2),
+        ("master_repl_offset", repl.offset),
+        ("second_repl_offset", repl.second_offset),
+        ("repl_backlog_active", int(backlog is not None)),
+        ("repl_backlog_size", node.config.repl_backlog_size),
+        ("repl_backlog_first_byte_offset", backlog.start_offset + 1 if backlog else 0),
+        ("repl_backlog_histlen", backlog.end_offset - backlog.start_offset if backlog else 0),
+        ("shardgate_role", state.role.value),
+        ("shardgate_epoch", state.epoch),
+        ("shardgate_role_epoch", state.role_epoch),
+        ("shardgate_fenced", int(state.fenced)),
+        ("shardgate_sync_replicas", node.config.sync_replicas),
     ]
+    return out
 
 
 def _cpu(node: Node) -> list[tuple[str, object]]:

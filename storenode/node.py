@@ -8,6 +8,11 @@ pure ``Executor`` and connection/server commands to ``connection_commands``, and
 Dispatch is one dict lookup: ``_routes`` maps both spellings of each name (lower and upper
 case, what clients send) to a ``_Route`` holding the handler and the checks, precomputed from
 the command table, so a GET costs no per-call flag parsing.
+
+Writes are gated by the node's role (``roles.RoleState``: replicas and fenced primaries answer
+``-READONLY``) and by ``min_replicas_to_write``; after a write the keys it named are sent to the
+replication stream as their new state (``replication.py``). WAIT and SG.SYNC cannot be answered
+at once: ``execute`` returns a ``Deferred`` for the connection loop to complete.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from time import perf_counter_ns, time_ns
+from time import monotonic, perf_counter_ns, time_ns
 
 import attrs
 
@@ -25,17 +30,46 @@ from shardgate.commands import COMMANDS, CommandSpec
 from shardgate.errors import CommandError, unknown_command, wrong_arity
 from shardgate.metrics import FastHistogram
 from shardgate.resp import encode_error, encode_reply
-from storenode import connection_commands
+from storenode import connection_commands, roles
 from storenode.config import NodeConfig
 from storenode.executor import Executor
 from storenode.keyspace import EvictionPolicy, Keyspace
+from storenode.node_types import Deferred, LinkSink
+from storenode.replication import (
+    FLUSH_EFFECT,
+    ReplicaTable,
+    ReplicationBacklog,
+    del_effect,
+    put_effect,
+)
+from storenode.roles import Role, RoleState
 from storenode.session import Session
 
-Handler = Callable[["Node", Session, list[bytes]], bytes]
+Handler = Callable[["Node", Session, list[bytes]], "bytes | Deferred"]
 DataHandler = Callable[[list[bytes], int], object]
 
 _NOAUTH = encode_error("NOAUTH Authentication required.")
 _OOM_TEXT = "OOM command not allowed when used memory > 'maxmemory'."
+_READONLY_REPLICA = "READONLY You can't write against a read only replica."
+_NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
+_FLUSHES = frozenset({"flushdb", "flushall"})
+
+
+@attrs.define(slots=True)
+class ReplicationState:
+    replid: str
+    replid2: str = "0" * 40  # the previous primary's replid, for partial resync after failover
+    second_offset: int = -1  # up to where replid2's history is ours
+    backlog: ReplicationBacklog | None = None  # created when the first replica connects
+    offset: int = 0  # master_repl_offset (primary) or the applied offset (replica)
+    replicas: ReplicaTable = attrs.field(factory=ReplicaTable)
+    links: dict[int, LinkSink] = attrs.field(factory=dict)
+    link_up: bool = False  # replica: connected to the primary and streaming
+    sync_in_progress: bool = False
+    last_io: float = 0.0  # replica: monotonic time of the last byte from the primary
+    full_syncs: int = 0  # primary: snapshots served (INFO sync_full)
+    partial_syncs: int = 0  # primary: partial resyncs accepted (INFO sync_partial_ok)
+    partial_refused: int = 0  # primary: partial resyncs refused (INFO sync_partial_err)
 
 
 class CommandCounters:
@@ -55,7 +89,18 @@ class CommandCounters:
 class _Route:
     """Everything dispatch needs about one command."""
 
-    __slots__ = ("arity", "counters", "data", "denyoom", "local", "name", "noauth", "spec")
+    __slots__ = (
+        "arity",
+        "counters",
+        "data",
+        "denyoom",
+        "flush",
+        "local",
+        "name",
+        "noauth",
+        "spec",
+        "write",
+    )
 
     def __init__(self, spec: CommandSpec, local: Handler | None, data: DataHandler | None) -> None:
         self.spec = spec
@@ -65,6 +110,8 @@ class _Route:
         self.data = data
         self.denyoom = "denyoom" in spec.flags
         self.noauth = "noauth" in spec.flags
+        self.write = "write" in spec.flags
+        self.flush = spec.name in _FLUSHES
         self.counters = CommandCounters()
 
 
@@ -99,6 +146,16 @@ class Node:
         self.started_wall = time.time()
         self.used_memory_peak = 0
         self._next_client_id = 1
+        self.roles = RoleState(role=Role.UNASSIGNED if config.managed else Role.PRIMARY)
+        if config.replicaof:
+            self.roles = roles.manual(self.roles, Role.REPLICA, config.replicaof)
+        self.repl = ReplicationState(replid=secrets.token_hex(20))
+        if config.sync_replicas:
+            # Semi-sync counts writes by offset, so the stream must exist before any replica.
+            self.ensure_backlog()
+        # Called after every role change; the server (re)starts or stops the replica link.
+        self.on_role_change: Callable[[], None] = lambda: None
+        self.keyspace.on_delete = self._on_keyspace_delete
         self._routes: dict[bytes, _Route] = {}
         for spec in COMMANDS.values():
             local = connection_commands.HANDLERS.get(spec.name)
@@ -115,7 +172,7 @@ class Node:
         self._next_client_id += 1
         return cid
 
-    def execute(self, session: Session, args: list[bytes]) -> bytes:
+    def execute(self, session: Session, args: list[bytes]) -> bytes | Deferred:
         route = self._routes.get(args[0]) or self._routes.get(args[0].lower())
         if route is None:
             return self._error(unknown_command(args).message)
@@ -127,13 +184,25 @@ class Node:
             return _NOAUTH
         session.last_cmd = route.name
         started = perf_counter_ns()
+        reply: bytes | Deferred
         try:
             data = route.data
             if data is not None:
                 ks = self.keyspace
+                if route.write:
+                    refusal = self._refuse_write()
+                    if refusal is not None:
+                        return self._error(refusal, route)
                 if route.denyoom and ks.maxmemory and not ks.evict_if_needed():
                     return self._error(_OOM_TEXT, route)
-                value = data(args, time_ns() // 1_000_000)
+                now_ms = time_ns() // 1_000_000
+                value = data(args, now_ms)
+                if (
+                    route.write
+                    and self.repl.backlog is not None
+                    and self.roles.role is Role.PRIMARY
+                ):
+                    self._propagate(route, args, now_ms)
                 if value.__class__ is bytes:  # GET and friends: skip the generic encoder
                     reply = b"$%d\r\n%b\r\n" % (len(value), value)
                 else:
@@ -153,6 +222,74 @@ class Node:
         latency.counts[bisect_left(latency.bounds_ns, elapsed)] += 1
         latency.total += elapsed / 1e9
         return reply
+
+    # --- replication ----------------------------------------------------------------------
+
+    def _refuse_write(self) -> str | None:
+        state = self.roles
+        if not state.writable:
+            if state.role is Role.REPLICA:
+                return _READONLY_REPLICA
+            if state.role is Role.UNASSIGNED:
+                return "READONLY This node has no role yet (managed: waiting for SG.ROLE)."
+            return (
+                f"READONLY This primary was superseded in epoch {state.epoch}; "
+                "refresh the topology."
+            )
+        need = self.config.min_replicas_to_write
+        if need and self.repl.replicas.good(monotonic(), self.config.min_replicas_max_lag) < need:
+            return _NOREPLICAS
+        return None
+
+    def _propagate(self, route: _Route, args: list[bytes], now_ms: int) -> None:
+        """Send the new state of every key the write named to the replication stream."""
+        if route.flush:
+            self.emit(FLUSH_EFFECT)
+            return
+        peek = self.keyspace.peek
+        parts = []
+        for i in route.spec.key_indexes(len(args)):
+            key = args[i]
+            e = peek(key, now_ms)
+            if e is None:
+                parts.append(del_effect(key))
+            else:
+                parts.append(put_effect(key, e.value, e.expire_at))
+        self.emit(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _on_keyspace_delete(self, key: bytes, reason: str) -> None:
+        # Expiry and eviction on a primary replicate as deletes; a replica's own lazy expiry
+        # is local (its primary's DEL will follow, and applying it twice is harmless).
+        if self.repl.backlog is not None and self.roles.role is Role.PRIMARY:
+            self.emit(del_effect(key))
+
+    def emit(self, data: bytes) -> None:
+        repl = self.repl
+        assert repl.backlog is not None
+        repl.backlog.append(data)
+        repl.offset = repl.backlog.end_offset
+        for link in repl.links.values():
+            link.push(data)
+
+    def ensure_backlog(self) -> ReplicationBacklog:
+        repl = self.repl
+        if repl.backlog is None:
+            repl.backlog = ReplicationBacklog(self.config.repl_backlog_size, repl.offset)
+        return repl.backlog
+
+    def set_roles(self, state: RoleState) -> None:
+        """Adopt a new role state; a promotion keeps the history for partial resyncs."""
+        old = self.roles
+        self.roles = state
+        if state.role is not old.role or state.primary != old.primary:
+            repl = self.repl
+            if state.role is Role.PRIMARY and old.role is not Role.PRIMARY:
+                # Redis's replid2: replicas of our old primary may continue from our offset.
+                repl.replid2 = repl.replid
+                repl.second_offset = repl.offset
+                repl.replid = secrets.token_hex(20)
+                self.ensure_backlog()
+            self.on_role_change()
 
     def _error(self, message: str, route: _Route | None = None) -> bytes:
         stats = self.stats

@@ -14,11 +14,18 @@ How it works
 - The active-expiry cycle runs ``hz`` times a second, in slices of at most 1 ms with a yield
   between slices, at most 25 ms per cycle (Redis's ACTIVE_EXPIRE_CYCLE_SLOW_TIME_PERC), so a
   mass expiry never stalls a command by more than about a millisecond.
+- Replication: a replica runs one link task to its primary (restarted on every role change);
+  a primary serves each replica from the connection that sent ``SG.SYNC``
+  (``repl_primary.py``). WAIT and semi-synchronous writes (``sync_replicas``) park the client's
+  connection until enough replicas acked, or the timeout; a semi-sync write that times out
+  stays applied and is answered ``-TIMEOUT``.
 """
 
 from __future__ import annotations
 
 import errno
+import gc
+import math
 import socket
 import time
 
@@ -29,6 +36,10 @@ from shardgate.logs import log_event
 from shardgate.resp import ProtocolError, encode_error
 from storenode.config import NodeConfig
 from storenode.node import Node
+from storenode.node_types import Deferred, ServeReplica, WaitForAcks
+from storenode.repl_primary import AckBoard, request_acks, serve_replica
+from storenode.repl_replica import run_replica_link
+from storenode.roles import Role
 from storenode.session import Session
 
 RECV_SIZE = 64 * 1024
@@ -37,6 +48,7 @@ FLUSH_AT = 64 * 1024
 BATCHES_PER_YIELD = 8
 EXPIRE_SLICE_SECONDS = 0.001
 EXPIRE_CYCLE_FRACTION = 0.25
+GC_FREEZE_SECONDS = 1.0
 
 _MAXCLIENTS = encode_error("ERR max number of clients reached")
 
@@ -49,6 +61,61 @@ class NodeServer:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.bound: tuple[str, int] | None = None
+        self.acks = AckBoard()
+        self._nursery: trio.Nursery | None = None
+        self._link_target: str | None = None
+        self._link_scope: trio.CancelScope | None = None
+        self._replica_scopes: dict[int, trio.CancelScope] = {}
+
+    # --- roles and replication ------------------------------------------------------------
+
+    def _role_changed(self) -> None:
+        state = self.node.roles
+        target = state.primary if state.role is Role.REPLICA else None
+        if state.role is not Role.PRIMARY:
+            for scope in self._replica_scopes.values():
+                scope.cancel()  # a demoted node stops feeding its old replicas
+        if target == self._link_target:
+            return
+        if self._link_scope is not None:
+            self._link_scope.cancel()
+            self._link_scope = None
+        self._link_target = target
+        if target is not None and self._nursery is not None:
+            scope = trio.CancelScope()
+            self._link_scope = scope
+            self._nursery.start_soon(self._run_link, scope, target)
+
+    async def _run_link(self, scope: trio.CancelScope, target: str) -> None:
+        with scope:
+            await run_replica_link(self.node, target)
+
+    async def _serve_replica(
+        self, sock: socket.socket, session: Session, req: ServeReplica
+    ) -> None:
+        scope = trio.CancelScope()
+        session.flags = "S"
+        self._replica_scopes[session.id] = scope
+        try:
+            with scope:
+                await serve_replica(self.node, sock, session.id, req, self.acks)
+        finally:
+            del self._replica_scopes[session.id]
+
+    async def _await_acks(self, offset: int, needed: int) -> None:
+        """Return once ``needed`` replicas acked ``offset``; callers bound it with a scope."""
+        table = self.node.repl.replicas
+        if needed > 0 and table.acked(offset) < needed:
+            request_acks(self.node)
+            while table.acked(offset) < needed:
+                await self.acks.wait()
+
+    async def _resolve(self, deferred: Deferred) -> bytes:
+        assert isinstance(deferred, WaitForAcks)
+        timeout = deferred.timeout_ms / 1000 if deferred.timeout_ms else math.inf
+        with trio.move_on_after(timeout):
+            await self._await_acks(deferred.offset, deferred.numreplicas)
+        return b":%d\r\n" % self.node.repl.replicas.acked(deferred.offset)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
@@ -63,7 +130,10 @@ class NodeServer:
             self.bound = (host, port)
             self.node.port = port
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._expire_loop)
+                self.node.on_role_change = self._role_changed
+                self._role_changed()
                 log_event("listening", host=host, port=port)
                 task_status.started((host, port))
                 while True:
@@ -96,8 +166,11 @@ class NodeServer:
                 needs_auth=bool(cfg.requirepass),
             )
             node.sessions[session.id] = session
+            scope = trio.CancelScope()
+            session.kill = scope.cancel
             try:
-                await self._client_loop(sock, session)
+                with scope:
+                    await self._client_loop(sock, session)
             except ClientGone:
                 pass
             except OSError as exc:  # the one place a connection's OSError is handled
@@ -127,16 +200,28 @@ class NodeServer:
             session.last_interaction = time.time()
             out: list[bytes] = []
             size = 0
+            sync_n = node.config.sync_replicas
+            synced: list[int] = []  # indexes in out of semi-sync writes awaiting acks
+            repl = node.repl
             try:
                 parser.feed(data)
                 while (args := parser.next_command()) is not None:
+                    before = repl.offset
                     reply = execute(session, args)
+                    if reply.__class__ is not bytes:
+                        if isinstance(reply, ServeReplica):
+                            await self._flush(sock, session, out, size, synced)
+                            await self._serve_replica(sock, session, reply)
+                            return
+                        reply = await self._resolve(reply)  # type: ignore[arg-type]
+                    elif sync_n and repl.offset != before:
+                        synced.append(len(out))
                     out.append(reply)
                     size += len(reply)
                     if session.closing:
                         break
                     if size >= FLUSH_AT:
-                        await self._send(sock, session, out, size)
+                        await self._flush(sock, session, out, size, synced)
                         out = []
                         size = 0
             except ProtocolError as exc:
@@ -147,13 +232,35 @@ class NodeServer:
                     size += len(exc.reply)
                 session.closing = True
             if out:
-                await self._send(sock, session, out, size)
+                await self._flush(sock, session, out, size, synced)
             if session.closing:
                 return
             unblocked_batches += 1
             if unblocked_batches >= BATCHES_PER_YIELD:
                 unblocked_batches = 0
                 await trio.lowlevel.checkpoint()
+
+    async def _flush(
+        self, sock: socket.socket, session: Session, out: list[bytes], size: int, synced: list[int]
+    ) -> None:
+        """Send a batch of replies; semi-sync writes in it wait for their replica acks first."""
+        if synced:
+            cfg = self.node.config
+            offset = self.node.repl.offset
+            with trio.move_on_after(cfg.sync_timeout_ms / 1000):
+                await self._await_acks(offset, cfg.sync_replicas)
+            got = self.node.repl.replicas.acked(offset)
+            if got < cfg.sync_replicas:
+                error = encode_error(
+                    f"TIMEOUT write applied but acknowledged by {got} of {cfg.sync_replicas} "
+                    f"replicas within {cfg.sync_timeout_ms} ms"
+                )
+                for i in synced:
+                    size += len(error) - len(out[i])
+                    out[i] = error
+            synced.clear()
+        if out:
+            await self._send(sock, session, out, size)
 
     async def _send(
         self, sock: socket.socket, session: Session, out: list[bytes], size: int
@@ -188,9 +295,16 @@ class NodeServer:
         """Redis's active expiry: sample volatile keys, repeat while >25% of a sample expired."""
         keyspace = self.node.keyspace
         perf = time.perf_counter
+        next_freeze = 0.0
         while True:
             period = 1.0 / self.node.config.hz
             await trio.sleep(period)
+            if perf() >= next_freeze:
+                # A full cyclic-GC pass over a million key records takes ~90 ms. Records never
+                # form cycles, so move everything that survived so far out of the collector's
+                # sight (gc.freeze is O(1)); young objects are still collected as usual.
+                gc.freeze()
+                next_freeze = perf() + GC_FREEZE_SECONDS
             cycle_end = perf() + period * EXPIRE_CYCLE_FRACTION
             more = True
             while more:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from shardgate.resp import RequestLimits, RequestParser
 
 
@@ -12,7 +14,9 @@ class Session:
         "closing",
         "created",
         "fd",
+        "flags",
         "id",
+        "kill",
         "laddr",
         "last_cmd",
         "last_interaction",
@@ -46,6 +50,9 @@ class Session:
         self.resp3 = False
         self.authenticated = not needs_auth
         self.closing = False
+        self.flags = "N"  # CLIENT LIST flags: N normal, S a replica link
+        # Set by the server: drops the connection now, whatever it is doing (CLIENT KILL).
+        self.kill: Callable[[], None] = lambda: None
         self.last_cmd = "NULL"
         self.parser = RequestParser(limits, authenticated=not needs_auth)
 
@@ -63,7 +70,7 @@ class Session:
             ("name", self.name.decode("utf-8", "replace")),
             ("age", str(int(now - self.created))),
             ("idle", str(int(now - self.last_interaction))),
-            ("flags", "N"),
+            ("flags", self.flags),
             ("db", "0"),
             ("sub", "0"),
             ("psub", "0"),

@@ -1,0 +1,126 @@
+"""Replication, the pure parts: the stream format, the backlog, and what replicas have acked.
+
+How it works
+- The stream carries **state, not commands**: after a write command the primary sends, for each
+  key the command names, the key's resulting state: ``SG.PUT key value expire_at_ms`` (0 = no
+  TTL) or ``DEL key``; ``FLUSHALL`` for flushes; expiry and eviction on the primary send
+  ``DEL``. Applying a state twice is harmless, so a full snapshot taken while writes continue
+  converges: the replica applies the snapshot, then the stream from the offset the snapshot
+  started at, and every key ends in the primary's latest state. Absolute expiry times travel,
+  so a replica never needs the primary's clock to agree with its own about "EX 10".
+- Offsets count stream bytes, as Redis's do. ``ReplicationBacklog`` keeps the last ``size``
+  bytes so a replica that reconnects within the backlog resumes with a partial resync.
+- ``ReplicaTable`` records each replica's acked offset and when it last acked (monotonic
+  seconds), which answers WAIT, ``min_replicas_to_write`` and semi-synchronous writes.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from shardgate.resp import encode_command
+
+# Redis's repl-backlog-size default.
+DEFAULT_BACKLOG = 1024 * 1024
+# How often a replica acks without being asked (Redis: once a second; the issue asks ~100 ms so
+# semi-sync writes and WAIT return quickly).
+ACK_INTERVAL = 0.1
+
+FLUSH_EFFECT = encode_command([b"FLUSHALL"])
+
+
+def put_effect(key: bytes, value: bytes | bytearray, expire_at: int) -> bytes:
+    return b"*4\r\n$6\r\nSG.PUT\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (  # type: ignore[str-format]
+        len(key),
+        key,
+        len(value),
+        value,
+        len(str(expire_at)),
+        str(expire_at).encode(),
+    )
+
+
+def del_effect(key: bytes) -> bytes:
+    return b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n" % (len(key), key)
+
+
+def encoded_length(args: list[bytes]) -> int:
+    """Bytes ``encode_command(args)`` takes: how far one stream command moves the offset."""
+    total = 3 + len(str(len(args)))
+    for a in args:
+        n = len(a)
+        total += 5 + len(str(n)) + n
+    return total
+
+
+class ReplicationBacklog:
+    """The newest ``size`` bytes of the stream, addressed by offset."""
+
+    __slots__ = ("_buf", "end_offset", "size", "start_offset")
+
+    def __init__(self, size: int = DEFAULT_BACKLOG, offset: int = 0) -> None:
+        if size < 1:
+            raise ValueError("backlog size must be positive")
+        self.size = size
+        self._buf = bytearray()
+        self.start_offset = offset  # offset of _buf[0]
+        self.end_offset = offset  # offset just past the newest byte
+
+    def append(self, data: bytes) -> None:
+        self._buf += data
+        self.end_offset += len(data)
+        # Trim in amortised O(1): let it grow to twice the size, then drop the oldest half.
+        if len(self._buf) > 2 * self.size:
+            drop = len(self._buf) - self.size
+            del self._buf[:drop]
+            self.start_offset += drop
+
+    def covers(self, offset: int) -> bool:
+        return max(self.start_offset, self.end_offset - self.size) <= offset <= self.end_offset
+
+    def read_from(self, offset: int) -> bytes:
+        if not self.covers(offset):
+            raise ValueError(f"offset {offset} is outside the backlog")
+        return bytes(self._buf[offset - self.start_offset :])
+
+    def reset(self, offset: int) -> None:
+        self._buf.clear()
+        self.start_offset = self.end_offset = offset
+
+
+@attrs.define(slots=True)
+class ReplicaRecord:
+    """What the primary knows about one connected replica."""
+
+    id: int
+    addr: str  # host:port the replica says it listens on (for INFO and sentinels)
+    ack_offset: int = 0
+    last_ack: float = 0.0  # monotonic seconds
+    online: bool = False  # False while the snapshot is still streaming
+
+
+class ReplicaTable:
+    """Connected replicas and their acks."""
+
+    def __init__(self) -> None:
+        self.replicas: dict[int, ReplicaRecord] = {}
+
+    def add(self, record: ReplicaRecord) -> None:
+        self.replicas[record.id] = record
+
+    def remove(self, replica_id: int) -> None:
+        self.replicas.pop(replica_id, None)
+
+    def ack(self, replica_id: int, offset: int, now: float) -> None:
+        r = self.replicas.get(replica_id)
+        if r is not None:
+            r.ack_offset = max(r.ack_offset, offset)
+            r.last_ack = now
+
+    def acked(self, offset: int) -> int:
+        """Replicas that have acknowledged everything up to ``offset``."""
+        return sum(1 for r in self.replicas.values() if r.online and r.ack_offset >= offset)
+
+    def good(self, now: float, max_lag: float) -> int:
+        """Online replicas that acked within ``max_lag`` seconds (min-replicas-to-write)."""
+        return sum(1 for r in self.replicas.values() if r.online and now - r.last_ack <= max_lag)
