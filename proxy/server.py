@@ -50,7 +50,6 @@ class Proxy:
         self.router = Router(topology)
         self.conns: dict[NodeAddress, list[BackendConn]] = {}
         self.shard_conns: list[BackendConn] = []
-        self.retired: list[BackendConn] = []
         self.next_client_id = 0
         self.reload_lock = trio.Lock()
         self.encode = _pack
@@ -98,8 +97,7 @@ class Proxy:
         keep = {s.primary for s in topology.shards}
         for addr in [a for a in self.conns if a not in keep]:
             for conn in self.conns.pop(addr):
-                conn.retire()
-                self.retired.append(conn)
+                conn.retire()  # its task ends once what it has in flight is answered
                 log_event("backend_retired", backend=conn.label, inflight=conn.inflight)
 
     # -- writing replies ------------------------------------------------------------------------
@@ -208,6 +206,8 @@ class Proxy:
         self.stats.clients_total += 1
         try:
             await client.run()
+        except Exception as exc:  # a bug must cost one connection, never the whole proxy
+            log_event("client_failed", "error", client=client.session.id, error=repr(exc))
         finally:
             self.stats.clients_connected -= 1
 
