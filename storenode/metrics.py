@@ -6,6 +6,7 @@ turns them into metric families when Prometheus scrapes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from prometheus_client.core import (
 )
 
 from storenode.info import rss_bytes
+from storenode.roles import Role
 
 if TYPE_CHECKING:
     from storenode.node import Node
@@ -41,6 +43,16 @@ NODE_METRICS = {
     "shardgate_node_protocol_errors_total": "Connections closed for a protocol error.",
     "shardgate_node_net_input_bytes_total": "Bytes read from clients.",
     "shardgate_node_net_output_bytes_total": "Bytes written to clients.",
+    "shardgate_node_role": "1 for the node's current role (label role: primary, replica, unassigned).",
+    "shardgate_node_epoch": "Newest topology epoch the node has seen.",
+    "shardgate_node_fenced": "1 when a primary was superseded by a newer epoch and takes no writes.",
+    "shardgate_node_repl_offset_bytes": "Replication offset: written (primary) or applied (replica).",
+    "shardgate_node_connected_replicas": "Replicas connected to this primary.",
+    "shardgate_node_replica_ack_lag_seconds": "Seconds since each replica last acked (label replica).",
+    "shardgate_node_replica_offset_lag_bytes": "Stream bytes each replica has not acked (label replica).",
+    "shardgate_node_primary_link_up": "Replica: 1 while the link to the primary streams.",
+    "shardgate_node_full_syncs_total": "Full snapshots served to replicas.",
+    "shardgate_node_partial_syncs_total": "Partial resyncs served from the backlog.",
 }
 
 
@@ -80,7 +92,42 @@ def collect_node(node: Node, labels: dict[str, str]) -> Iterable[Metric]:
     node.stats.latency.add_to(latency, values)
     ks = node.keyspace
     s = node.stats
+    repl = node.repl
+    role = GaugeMetricFamily(
+        "shardgate_node_role", h["shardgate_node_role"], labels=[*names, "role"]
+    )
+    for r in Role:
+        role.add_metric([*values, r.value], 1 if node.roles.role is r else 0)
+    now = time.monotonic()
+    ack_lag = GaugeMetricFamily(
+        "shardgate_node_replica_ack_lag_seconds",
+        h["shardgate_node_replica_ack_lag_seconds"],
+        labels=[*names, "replica"],
+    )
+    offset_lag = GaugeMetricFamily(
+        "shardgate_node_replica_offset_lag_bytes",
+        h["shardgate_node_replica_offset_lag_bytes"],
+        labels=[*names, "replica"],
+    )
+    for rec in list(repl.replicas.replicas.values()):
+        ack_lag.add_metric(
+            [*values, rec.addr], max(0.0, now - rec.last_ack) if rec.last_ack else 0.0
+        )
+        offset_lag.add_metric([*values, rec.addr], max(0, repl.offset - rec.ack_offset))
+    replication = [
+        role,
+        gauge("shardgate_node_epoch", node.roles.epoch),
+        gauge("shardgate_node_fenced", int(node.roles.fenced)),
+        gauge("shardgate_node_repl_offset_bytes", repl.offset),
+        gauge("shardgate_node_connected_replicas", len(repl.replicas.replicas)),
+        ack_lag,
+        offset_lag,
+        gauge("shardgate_node_primary_link_up", int(repl.link_up)),
+        counter("shardgate_node_full_syncs_total", repl.full_syncs),
+        counter("shardgate_node_partial_syncs_total", repl.partial_syncs),
+    ]
     return [
+        *replication,
         calls,
         errors,
         latency,
