@@ -186,6 +186,23 @@ def _client(node: Node, s: Session, args: list[bytes]) -> bytes:
             raise CommandError("ERR No such client")
         victim.kill()
         return b":1\r\n"
+    if sub == b"pause" and len(args) in (3, 4):
+        try:
+            ms = int(args[2])
+        except ValueError:
+            raise CommandError("ERR timeout is not an integer or out of range") from None
+        if ms < 0:
+            raise CommandError("ERR timeout is negative")
+        if len(args) == 4 and args[3].lower() not in (b"write", b"all"):
+            raise syntax_error()
+        # Both modes hold writes only: reads on a pausing primary are harmless (docs/node.md).
+        node.writes_paused_until = time.monotonic() + ms / 1000
+        log_event("writes_paused", ms=ms)
+        return b"+OK\r\n"
+    if sub == b"unpause" and len(args) == 2:
+        node.writes_paused_until = 0.0
+        node.on_unpause()
+        return b"+OK\r\n"
     if sub in (b"no-evict", b"no-touch") and len(args) == 3:
         return b"+OK\r\n"
     if sub == b"help":

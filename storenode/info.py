@@ -130,6 +130,10 @@ def _replication(node: Node) -> list[tuple[str, object]]:
             ("master_link_status", "up" if repl.link_up else "down"),
             ("master_last_io_seconds_ago", int(now - repl.last_io) if repl.last_io else -1),
             ("master_sync_in_progress", int(repl.sync_in_progress)),
+            (
+                "master_link_down_since_seconds",
+                -1 if repl.link_up or not repl.link_down_since else int(now - repl.link_down_since),
+            ),
             ("slave_read_repl_offset", repl.offset),
             ("slave_repl_offset", repl.offset),
             ("slave_priority", node.config.replica_priority),

@@ -34,7 +34,7 @@ from storenode import connection_commands, roles
 from storenode.config import NodeConfig
 from storenode.executor import Executor
 from storenode.keyspace import EvictionPolicy, Keyspace
-from storenode.node_types import Deferred, LinkSink
+from storenode.node_types import Deferred, LinkSink, PausedWrite
 from storenode.replication import (
     FLUSH_EFFECT,
     ReplicaTable,
@@ -65,6 +65,7 @@ class ReplicationState:
     replicas: ReplicaTable = attrs.field(factory=ReplicaTable)
     links: dict[int, LinkSink] = attrs.field(factory=dict)
     link_up: bool = False  # replica: connected to the primary and streaming
+    link_down_since: float = 0.0  # replica: monotonic time the link went down (0: never up)
     sync_in_progress: bool = False
     last_io: float = 0.0  # replica: monotonic time of the last byte from the primary
     full_syncs: int = 0  # primary: snapshots served (INFO sync_full)
@@ -155,6 +156,9 @@ class Node:
             self.ensure_backlog()
         # Called after every role change; the server (re)starts or stops the replica link.
         self.on_role_change: Callable[[], None] = lambda: None
+        # CLIENT PAUSE ms WRITE: writes wait until this monotonic time (a manual failover).
+        self.writes_paused_until = 0.0
+        self.on_unpause: Callable[[], None] = lambda: None
         self.keyspace.on_delete = self._on_keyspace_delete
         self._routes: dict[bytes, _Route] = {}
         for spec in COMMANDS.values():
@@ -190,6 +194,8 @@ class Node:
             if data is not None:
                 ks = self.keyspace
                 if route.write:
+                    if self.writes_paused_until and monotonic() < self.writes_paused_until:
+                        return PausedWrite(tuple(args))
                     refusal = self._refuse_write()
                     if refusal is not None:
                         return self._error(refusal, route)

@@ -31,3 +31,10 @@ class LinkSink(Protocol):
     """The primary side of one replica connection: where stream bytes go."""
 
     def push(self, data: bytes) -> None: ...
+
+
+@attrs.frozen(slots=True)
+class PausedWrite(Deferred):
+    """A write that arrived while writes are paused (CLIENT PAUSE): run it once they resume."""
+
+    args: tuple[bytes, ...]

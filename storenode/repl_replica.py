@@ -51,6 +51,8 @@ async def run_replica_link(node: Node, primary: str) -> None:
                 error=str(exc) or type(exc).__name__,
             )
         finally:
+            if node.repl.link_up or not node.repl.link_down_since:
+                node.repl.link_down_since = time.monotonic()
             node.repl.link_up = False
             node.repl.sync_in_progress = False
         if time.monotonic() - started > 5:

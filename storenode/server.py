@@ -36,7 +36,7 @@ from shardgate.logs import log_event
 from shardgate.resp import ProtocolError, encode_error
 from storenode.config import NodeConfig
 from storenode.node import Node
-from storenode.node_types import Deferred, ServeReplica, WaitForAcks
+from storenode.node_types import Deferred, PausedWrite, ServeReplica, WaitForAcks
 from storenode.repl_primary import AckBoard, request_acks, serve_replica
 from storenode.repl_replica import run_replica_link
 from storenode.roles import Role
@@ -66,6 +66,12 @@ class NodeServer:
         self._link_target: str | None = None
         self._link_scope: trio.CancelScope | None = None
         self._replica_scopes: dict[int, trio.CancelScope] = {}
+        self._unpaused = trio.Event()
+        node.on_unpause = self._wake_paused
+
+    def _wake_paused(self) -> None:
+        self._unpaused.set()
+        self._unpaused = trio.Event()
 
     # --- roles and replication ------------------------------------------------------------
 
@@ -109,6 +115,18 @@ class NodeServer:
             request_acks(self.node)
             while table.acked(offset) < needed:
                 await self.acks.wait()
+
+    async def _after_pause(self, session: Session, paused: PausedWrite) -> bytes:
+        node = self.node
+        remaining = node.writes_paused_until - time.monotonic()
+        if remaining > 0:
+            with trio.move_on_after(remaining):
+                await self._unpaused.wait()
+        if node.writes_paused_until and time.monotonic() >= node.writes_paused_until:
+            node.writes_paused_until = 0.0
+        reply = node.execute(session, list(paused.args))
+        assert isinstance(reply, bytes)  # a write resolves to bytes once unpaused
+        return reply
 
     async def _resolve(self, deferred: Deferred) -> bytes:
         assert isinstance(deferred, WaitForAcks)
@@ -213,7 +231,16 @@ class NodeServer:
                             await self._flush(sock, session, out, size, synced)
                             await self._serve_replica(sock, session, reply)
                             return
-                        reply = await self._resolve(reply)  # type: ignore[arg-type]
+                        if isinstance(reply, PausedWrite):
+                            # Flush what came before, then hold this write until the pause ends.
+                            await self._flush(sock, session, out, size, synced)
+                            out = []
+                            size = 0
+                            reply = await self._after_pause(session, reply)
+                            if sync_n and repl.offset != before:
+                                synced.append(len(out))
+                        else:
+                            reply = await self._resolve(reply)  # type: ignore[arg-type]
                     elif sync_n and repl.offset != before:
                         synced.append(len(out))
                     out.append(reply)

@@ -328,3 +328,50 @@ def test_demoted_primary_follows_the_new_one() -> None:
         wait_until(lambda: client(old).get("k") == b"2", 5, "old primary follows")
         with pytest.raises(redis.ReadOnlyError):
             client(old).set("k", "3")
+
+
+def test_client_pause_write_holds_writes_not_reads() -> None:
+    with running(["node", "--port", "0"]) as p:
+        admin, other = client(p), client(p)
+        admin.set("k", "0")
+        assert admin.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+        start = time.monotonic()
+        assert other.get("k") == b"0"  # reads go on
+        assert time.monotonic() - start < 0.2
+        assert other.set("k", "1")  # held until the pause ends
+        assert 0.3 < time.monotonic() - start < 2
+        assert admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+        done = threading.Event()
+        threading.Thread(target=lambda: (other.set("k", "2"), done.set())).start()
+        time.sleep(0.2)
+        assert not done.is_set()
+        admin.execute_command("CLIENT", "UNPAUSE")
+        assert done.wait(2)
+        assert admin.get("k") == b"2"
+        with pytest.raises(redis.ResponseError):
+            admin.execute_command("CLIENT", "PAUSE", -1)
+        with pytest.raises(redis.ResponseError):
+            admin.execute_command("CLIENT", "PAUSE", 10, "SOMETIMES")
+
+
+def test_write_held_by_a_pause_fails_if_the_node_was_demoted_meanwhile() -> None:
+    with running(["node", "--port", "0", "--managed"]) as p:
+        admin, other = client(p), client(p)
+        admin.execute_command("SG.ROLE", "primary", 1)
+        admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+        result: list[object] = []
+
+        def write() -> None:
+            try:
+                result.append(other.set("k", "1"))
+            except redis.RedisError as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=write)
+        t.start()
+        time.sleep(0.2)
+        admin.execute_command("SG.ROLE", "replica", 2, "127.0.0.1:1")
+        admin.execute_command("CLIENT", "UNPAUSE")
+        t.join(5)
+        assert isinstance(result[0], redis.ReadOnlyError)
+        assert admin.get("k") is None
