@@ -20,9 +20,8 @@ import trio
 
 from proxy.local import NOAUTH, Action, LocalContext, Session, execute
 from proxy.ordering import Pending, ReplyQueue
-from proxy.requests import RequestReader
 from proxy.router import Local, Reject, Split
-from shardgate.resp import ProtocolError
+from shardgate.resp import ProtocolError, RequestParser
 
 if TYPE_CHECKING:
     from proxy.server import Proxy
@@ -54,7 +53,7 @@ class ClientConn:
         self.sock = sock
         authed = proxy.config.requirepass is None
         self.session = Session(client_id, authenticated=authed)
-        self.parser = RequestReader(proxy.config.limits, authenticated=authed)
+        self.parser = RequestParser(proxy.config.limits, authenticated=authed)
         self.queue = ReplyQueue()
         self.outbuf: list[bytes] = []
         self.outlen = 0
@@ -123,7 +122,7 @@ class ClientConn:
                 streak = 0
                 await trio.lowlevel.checkpoint()
 
-    def _dispatch(self, parser: RequestReader) -> None:
+    def _dispatch(self, parser: RequestParser) -> None:
         proxy = self.proxy
         router = proxy.router
         conns = proxy.shard_conns
@@ -133,8 +132,8 @@ class ClientConn:
         counts = stats.commands
         now = trio.current_time()
         deadline = now + proxy.config.timeout
-        while (item := parser.next()) is not None:
-            args, raw = item
+        encode = proxy.encode
+        while (args := parser.next_command()) is not None:
             name = args[0]
             counts[name] = counts.get(name, 0) + 1
             if not session.authenticated:
@@ -150,7 +149,7 @@ class ClientConn:
                 if conn.up and len(conn.waiters) < conn.max_queue:
                     pending = Pending(self, now, deadline)
                     queue.append(pending)
-                    conn.submit(pending, 0, raw if raw is not None else proxy.encode(args))
+                    conn.submit(pending, 0, encode(args))
                 else:
                     queue.append(Pending.done(self, conn.refusal() or conn.down_error))
                     stats.refused += 1
@@ -190,7 +189,7 @@ class ClientConn:
         was_authed = session.authenticated
         reply, action = execute(args, decision.spec, session, ctx)
         if session.authenticated != was_authed:
-            self.parser.set_authenticated(session.authenticated)
+            self.parser.authenticated = session.authenticated
         if action is Action.RELOAD:
             pending = Pending(self, 0.0, float("inf"))
             self.queue.append(pending)
