@@ -137,7 +137,8 @@ def _inspect(args: argparse.Namespace) -> int:
             conn.call("SENTINEL", "FAILOVER", args.shard)
             print(f"failover of {args.shard} started; follow it with: shardgate sentinel watch")
         elif verb == "ckquorum":
-            print(conn.call("SENTINEL", "CKQUORUM", args.shard))
+            answer = conn.call("SENTINEL", "CKQUORUM", args.shard)
+            print(answer.decode() if isinstance(answer, bytes) else answer)
         elif verb == "watch":
             conn.sock.settimeout(None)
             conn.call("PSUBSCRIBE", "*")

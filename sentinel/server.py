@@ -90,6 +90,7 @@ class SentinelServer:
         self.core: SentinelCore = None  # type: ignore[assignment]  # built in serve(): needs trio's clock
         self.port = config.listen.port
         self.blob = b""
+        self._published_epoch = -1
         self._lock = trio.Lock()
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -106,6 +107,7 @@ class SentinelServer:
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         self.core = SentinelCore(self.config, self._state, now=self.now(), rng=self._rng)
         self.blob = topology_blob(self.core.topology)
+        self._published_epoch = self.core.topology.epoch
         listeners = await trio.open_tcp_listeners(
             self.config.listen.port, host=self.config.listen.host
         )
@@ -137,6 +139,9 @@ class SentinelServer:
         async with self._lock:
             for action in actions:
                 await self._execute(action)
+            # A topology adopted from a peer is news for our subscribers too.
+            if self.core.topology.epoch > self._published_epoch:
+                self._publish(self.core.topology)
 
     async def _execute(self, action: Action) -> None:
         assert self._nursery is not None
@@ -153,7 +158,8 @@ class SentinelServer:
                 except trio.WouldBlock:
                     log_event("peer_queue_full", level="warn", peer=action.peer)
         elif isinstance(action, PublishTopology):
-            self._publish(action.topology)
+            if action.topology.epoch > self._published_epoch:
+                self._publish(action.topology)
         elif isinstance(action, SendRole | PauseWrites | ResumeWrites):
             self._nursery.start_soon(self._node_action, action)
         else:  # pragma: no cover - the Action union is closed
@@ -253,6 +259,7 @@ class SentinelServer:
     # --- publication -----------------------------------------------------------------------
 
     def _publish(self, topology: Topology) -> None:
+        self._published_epoch = topology.epoch
         self.blob = topology_blob(topology)
         log_event("topology_published", epoch=topology.epoch)
         self._notify(TOPOLOGY_CHANNEL, self.blob)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 _ROLE_MODULES = (
     "storenode.cli",
     "proxy.cli",
+    "sentinel.cli",
     "shardgate.lab_cli",
     "shardgate.slot_cli",
 )
