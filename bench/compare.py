@@ -123,6 +123,24 @@ def _lines(argv: list[str]) -> list[str]:
     return (done.stdout or done.stderr).strip().splitlines()
 
 
+def load_average() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def load_line(before: float, after: float) -> str:
+    cores = os.cpu_count() or 1
+    verdict = (
+        "other work competed for the cores; ops/s are noisier than CPU µs/req"
+        if max(before, after) > cores
+        else "the machine was otherwise quiet"
+    )
+    return (
+        f"- 1-minute load average {before:.1f} when the runs started, {after:.1f} when they "
+        f"ended ({cores} cores): {verdict}."
+    )
+
+
 def tool_version(tool: str) -> str:
     """``redis-server 7.0.15`` from the first line of ``TOOL --version``, whatever its shape."""
     line = (_lines([tool, "--version"]) or [""])[0]
@@ -201,7 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for e in endpoints:
             where = f"{e.host}:{e.port}" if e.available else f"not available — {e.unavailable}"
             echo(f"bench: ({e.key}) {e.label}: {where}")
+        load_before = load_average()
         samples = run_comparison(endpoints, rounds=rounds, scale=scale, echo=echo)
+        load_after = load_average()
         if args.profile:
             from bench.profile import profile_endpoint
 
@@ -231,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples=samples,
         mem=mem,
         mem_unavailable=mem_unavailable,
-        machine=machine_info(),
+        machine=[*machine_info(), load_line(load_before, load_after)],
         profile=profile,
     )
     print(markdown)

@@ -101,6 +101,17 @@ def ratio(summ: Summaries, top: str, bottom: str, mode: str) -> float | None:
     return sum(parts) / len(parts)
 
 
+def cpu_ratio(summ: Summaries, top: str, bottom: str, mode: str) -> float | None:
+    """Mean over SET and GET of CPU µs/request(top) ÷ CPU µs/request(bottom)."""
+    parts = []
+    for t in TESTS:
+        a, b = summ.get((top, mode, t)), summ.get((bottom, mode, t))
+        if not a or not b or a.cpu_us is None or not b.cpu_us:
+            return None
+        parts.append(a.cpu_us / b.cpu_us)
+    return sum(parts) / len(parts)
+
+
 def added_p50_us(summ: Summaries, via: str, direct: str, mode: str = "c1") -> float | None:
     """The worse (SET or GET) added p50 latency, in µs, of going through ``via``."""
     added = []
@@ -184,10 +195,24 @@ def render_targets(summ: Summaries, mem: Sequence[KeyMemory]) -> str:
             ".2f",
         ),
         _check(
+            "(c) ÷ (b) CPU µs per request at -P 16 (steadier than ops/s on a shared machine)",
+            cpu_ratio(summ, "c", "b", "P16"),
+            "(context)",
+            None,
+            ".2f",
+        ),
+        _check(
             "(c) ÷ (b) ops/s at -P 1 (issue 3)",
             ratio(summ, "c", "b", "P1"),
             "≥ 0.7x",
             lambda v: v >= 0.7,
+            ".2f",
+        ),
+        _check(
+            "(c) ÷ (b) CPU µs per request at -P 1",
+            cpu_ratio(summ, "c", "b", "P1"),
+            "(context)",
+            None,
             ".2f",
         ),
         _check(
@@ -209,6 +234,13 @@ def render_targets(summ: Summaries, mem: Sequence[KeyMemory]) -> str:
             ratio(summ, "n", "a", "P16"),
             "≥ 0.5x",
             lambda v: v >= 0.5,
+            ".2f",
+        ),
+        _check(
+            "(n) ÷ (a) CPU µs per request at -P 16",
+            cpu_ratio(summ, "n", "a", "P16"),
+            "(context)",
+            None,
             ".2f",
         ),
         _check(

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
 
 from bench import keymem, profile, redis_benchmark
+from bench.compare import load_line
 from bench.markdown import SectionError, replace_section, table
 from bench.procstats import cpu_us_per_request, parse_vm_rss
 from bench.redis_benchmark import BenchmarkError, BenchRow, parse_csv
 from bench.report import (
     Sample,
     added_p50_us,
+    cpu_ratio,
     ratio,
     render,
     summarize,
@@ -69,6 +72,12 @@ def test_run_reads_one_row_and_fails_on_server_errors() -> None:
         redis_benchmark.run(_fake_benchmark("", "Could not connect", 1), timeout=30)
     with pytest.raises(BenchmarkError, match="longer than"):
         redis_benchmark.run([sys.executable, "-c", "import time; time.sleep(5)"], timeout=0.2)
+
+
+def test_load_line_says_whether_the_machine_was_busy() -> None:
+    cores = os.cpu_count() or 1
+    assert "otherwise quiet" in load_line(0.1, 0.2)
+    assert "other work competed" in load_line(cores + 1.0, 0.2)
 
 
 def test_cpu_us_per_request() -> None:
@@ -173,6 +182,8 @@ def test_summaries_are_medians_and_ratios_use_set_and_get() -> None:
     assert summ[("c", "P16", "get")].error == "redis-benchmark failed"
     assert ratio(summ, "c", "b", "P16") == pytest.approx((0.5 + 1.0) / 2)
     assert ratio(summ, "c", "a", "P16") is None
+    assert cpu_ratio(summ, "c", "b", "P16") == pytest.approx((20.0 / 7.0 + 10.0 / 4.0) / 2)
+    assert cpu_ratio(summ, "c", "b", "P1") is None
 
 
 def test_added_p50_is_the_worse_of_set_and_get() -> None:
