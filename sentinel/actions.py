@@ -118,7 +118,9 @@ class NodeReport:
     """A node's own account of itself (from ``SG.ROLE`` without arguments or INFO replication).
 
     ``link_down_ms``: for a replica, how long its link to the primary has been down (None when
-    up); ``offset``: its replication offset (``master_repl_offset`` / ``slave_repl_offset``).
+    up); ``offset``: its replication offset (``master_repl_offset`` / ``slave_repl_offset``);
+    ``priority``: the node's own ``replica-priority`` when it reports one (0 there also means
+    "never promote", as an operator of Redis expects).
     """
 
     node: NodeAddress
@@ -127,6 +129,7 @@ class NodeReport:
     primary: NodeAddress | None = None
     offset: int = 0
     link_down_ms: int | None = None
+    priority: int | None = None
 
 
 @attrs.frozen(slots=True)

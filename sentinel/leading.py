@@ -154,7 +154,10 @@ class Leading:
             infos.append(
                 ReplicaInfo(
                     address=r,
-                    priority=self.config.priority(r),
+                    # Either side can veto: priority 0 in sentinel.toml or on the node itself.
+                    priority=0
+                    if entry is not None and entry[0].priority == 0
+                    else self.config.priority(r),
                     offset=entry[0].offset if entry else 0,
                     link_down_ms=entry[0].link_down_ms if entry else None,
                     sdown=self.detector.is_down(r),

@@ -245,3 +245,17 @@ def test_status_and_history_rendering() -> None:
     ]
     assert steps[-1][1] == 1110 - 1100 and last["duration_ms"] == 10
     assert "127.0.0.1:6379  2" in render_status(build_status(c, 1300))
+
+
+def test_the_highest_offset_wins_and_priority_zero_on_the_node_never_does() -> None:
+    c = core()
+    c.handle(NodeReport(R1, Role.REPLICA, 1, P, 900, None, 0), 1099)  # node says: never me
+    c.handle(NodeReport(R2, Role.REPLICA, 1, P, 500), 1099)
+    make_odown(c, 1100)
+    c.tick(1101)
+    out = peer(c, VoteReply("s2", 2, "s1", 2), 1102)
+    assert [a for a in out if isinstance(a, SendRole)] == [SendRole(R2, Role.PRIMARY, 2)]
+    assert c.failovers["s0"].ranking == (
+        ("127.0.0.1:7102", "rank 1: priority 100, offset 500"),
+        ("127.0.0.1:7101", "priority 0 (never promoted)"),
+    )

@@ -1,0 +1,239 @@
+"""Sentinels as real processes watching real managed store nodes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+import redis
+from redis.sentinel import Sentinel
+
+from tests.procs import Proc, free_port, running
+
+pytestmark = pytest.mark.slow
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        with contextlib.suppress(redis.RedisError, OSError):
+            if check():
+                return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def role(port: int) -> str:
+    return str(redis.Redis(port=port, socket_timeout=1).info("replication")["shardgate_role"])
+
+
+@attrs.define
+class Cluster:
+    tmp: Path
+    stack: contextlib.ExitStack
+    node_ports: list[int]
+    sentinel_ports: list[int]
+    nodes: dict[int, Proc] = attrs.field(factory=dict)
+    sentinels: dict[int, Proc] = attrs.field(factory=dict)
+
+    def start_node(self, port: int) -> Proc:
+        proc = self.stack.enter_context(running(["node", "--port", str(port), "--managed"]))
+        self.nodes[port] = proc
+        return proc
+
+    def start_sentinel(self, i: int) -> Proc:
+        proc = self.stack.enter_context(
+            running(["sentinel", "run", "--config", str(self.tmp / f"s{i}.toml")])
+        )
+        self.sentinels[i] = proc
+        return proc
+
+    def kill(self, proc: Proc) -> None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.popen.wait(5)
+
+    def primary(self) -> int:
+        primaries = [p for p in self.node_ports if p in self.nodes and self.nodes[p].popen.poll() is None
+                     and role(p) == "primary"]  # fmt: skip
+        assert len(primaries) == 1, primaries
+        return primaries[0]
+
+    def sentinel(self) -> redis.Redis:
+        alive = [i for i, p in self.sentinels.items() if p.popen.poll() is None]
+        return redis.Redis(port=self.sentinel_ports[alive[0]], socket_timeout=2)
+
+
+@contextlib.contextmanager
+def cluster(
+    tmp_path: Path,
+    *,
+    replicas: int = 2,
+    sentinels: int = 3,
+    quorum: int = 2,
+    down_after_ms: int = 1000,
+    priorities: tuple[int, ...] = (),
+) -> Iterator[Cluster]:
+    with contextlib.ExitStack() as stack:
+        node_ports = [free_port() for _ in range(1 + replicas)]
+        sentinel_ports = [free_port() for _ in range(sentinels)]
+        c = Cluster(tmp_path, stack, node_ports, sentinel_ports)
+        for port in node_ports:
+            c.start_node(port)
+        reps = ", ".join(
+            f'{{ address = "127.0.0.1:{p}", priority = {priorities[i] if i < len(priorities) else 100} }}'
+            for i, p in enumerate(node_ports[1:])
+        )
+        for i, port in enumerate(sentinel_ports):
+            peers = "".join(
+                f'[[peers]]\nid = "s{j}"\naddress = "127.0.0.1:{q}"\n'
+                for j, q in enumerate(sentinel_ports)
+                if j != i
+            )
+            (tmp_path / f"s{i}.toml").write_text(
+                f'id = "s{i}"\nlisten = "127.0.0.1:{port}"\nquorum = {quorum}\n'
+                f"down_after_ms = {down_after_ms}\nfailover_timeout_ms = 3000\n{peers}"
+                f'[[shards]]\nname = "shard-0"\nprimary = "127.0.0.1:{node_ports[0]}"\n'
+                f"replicas = [{reps}]\n"
+            )
+        for i in range(sentinels):
+            c.start_sentinel(i)
+        wait_until(lambda: role(node_ports[0]) == "primary", 10, "primary assigned")
+        for p in node_ports[1:]:
+            wait_until(
+                lambda p=p: redis.Redis(port=p).info("replication")["master_link_status"] == "up",
+                10,
+                "replicas linked",
+            )
+        yield c
+
+
+def test_primary_killed_fails_over_and_the_old_primary_rejoins(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        old = c.node_ports[0]
+        r = redis.Redis(port=old)
+        for i in range(100):
+            r.set(f"k{i}", i)
+        redis.Redis(port=old).execute_command("WAIT", 2, 1000)
+        c.kill(c.nodes[old])
+        took = wait_until(
+            lambda: any(role(p) == "primary" for p in c.node_ports[1:]), 10, "failover"
+        )
+        assert took < 3.0
+        new = c.primary()
+        assert redis.Redis(port=new).get("k99") == b"99"
+        c.start_node(old)
+        rejoin = wait_until(
+            lambda: (
+                role(old) == "replica"
+                and redis.Redis(port=old).info("replication")["master_port"] == new
+                and redis.Redis(port=old).get("k99") == b"99"
+            ),
+            10,
+            "old primary rejoins as a replica",
+        )
+        assert rejoin < 5.0  # Redis Sentinel needs ~10 s to reconfigure a returning primary
+        with pytest.raises(redis.ReadOnlyError):
+            redis.Redis(port=old).set("x", "1")
+        history = c.sentinel().execute_command("SG.HISTORY", "json")
+        assert b'"outcome": "done"' in history
+
+
+def test_redis_py_sentinel_client_follows_a_failover(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        s = Sentinel([("127.0.0.1", p) for p in c.sentinel_ports], socket_timeout=1)
+        master = s.master_for("shard-0", socket_timeout=1)
+        master.set("a", "1")
+        assert s.discover_master("shard-0") == ("127.0.0.1", c.node_ports[0])
+        c.kill(c.nodes[c.node_ports[0]])
+        wait_until(lambda: s.discover_master("shard-0")[1] != c.node_ports[0], 10, "new master")
+        wait_until(lambda: master.set("b", "2"), 10, "writes through the Sentinel client")
+        assert master.get("a") == b"1"
+        assert len(s.discover_slaves("shard-0")) >= 1
+
+
+def test_manual_failover_under_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        s = Sentinel([("127.0.0.1", p) for p in c.sentinel_ports], socket_timeout=1)
+        acked: list[str] = []
+        stop = threading.Event()
+
+        def writer(n: int) -> None:
+            master = s.master_for("shard-0", socket_timeout=2)
+            i = 0
+            while not stop.is_set():
+                key = f"w{n}:{i}"
+                try:
+                    master.set(key, i)
+                    acked.append(key)
+                except redis.RedisError:
+                    time.sleep(0.01)
+                i += 1
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        before = c.primary()
+        assert c.sentinel().execute_command("SENTINEL", "FAILOVER", "shard-0")
+        wait_until(lambda: c.primary() != before, 5, "manual failover")
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        new = redis.Redis(port=c.primary())
+        pipe = new.pipeline(transaction=False)
+        for key in acked:
+            pipe.exists(key)
+        assert len(acked) > 100
+        assert sum(pipe.execute()) == len(acked)
+        history = c.sentinel().execute_command("SG.HISTORY", "json")
+        assert b'"manual": true' in history
+
+
+def test_a_minority_of_sentinels_cannot_fail_over(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        c.kill(c.sentinels[1])
+        c.kill(c.sentinels[2])
+        c.kill(c.nodes[c.node_ports[0]])
+        time.sleep(4)
+        assert all(role(p) == "replica" for p in c.node_ports[1:])
+
+
+def test_quorum_larger_than_the_sentinels_never_fails_over(tmp_path: Path) -> None:
+    with cluster(tmp_path, quorum=4) as c:
+        with pytest.raises(redis.ResponseError, match="NOQUORUM"):
+            c.sentinel().execute_command("SENTINEL", "CKQUORUM", "shard-0")
+        c.kill(c.nodes[c.node_ports[0]])
+        time.sleep(4)
+        assert all(role(p) == "replica" for p in c.node_ports[1:])
+
+
+def test_priority_zero_is_never_promoted(tmp_path: Path) -> None:
+    with cluster(tmp_path, priorities=(0, 100)) as c:
+        c.kill(c.nodes[c.node_ports[0]])
+        wait_until(lambda: role(c.node_ports[2]) == "primary", 10, "the eligible replica promoted")
+        assert role(c.node_ports[1]) == "replica"
+
+
+def test_a_restarted_sentinel_adopts_the_newest_epoch(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        c.kill(c.sentinels[2])
+        c.kill(c.nodes[c.node_ports[0]])
+        wait_until(lambda: any(role(p) == "primary" for p in c.node_ports[1:]), 10, "failover")
+        new_epoch = int(redis.Redis(port=c.primary()).info("replication")["shardgate_epoch"])
+        c.start_sentinel(2)
+        r = redis.Redis(port=c.sentinel_ports[2])
+        wait_until(
+            lambda: r.info()["shardgate_topology_epoch"] == new_epoch,
+            10,
+            "restarted sentinel converges",
+        )
+        addr = r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "shard-0")
+        assert int(addr[1]) == c.primary()
