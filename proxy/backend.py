@@ -50,7 +50,9 @@ class BackendConn:
         "address",
         "busy_error",
         "down_error",
+        "epoch",
         "errors",
+        "fencing",
         "health",
         "label",
         "latency",
@@ -77,6 +79,7 @@ class BackendConn:
         fail_after: int,
         reconnect_interval: float,
         password: str | None,
+        epoch: int,
         latency: FastHistogram,
         on_flush: Callable[[list[Any]], None],
     ) -> None:
@@ -85,6 +88,8 @@ class BackendConn:
         self.timeout = timeout
         self.max_queue = max_queue
         self.password = password
+        self.epoch = epoch  # announced to shardgate nodes with SG.FENCE on every connection
+        self.fencing: bool | None = None  # None until a handshake shows whether SG.FENCE exists
         self.latency = latency
         self.on_flush = on_flush  # flushes the clients a batch of replies touched
         self.health = Health(fail_after=fail_after, interval=reconnect_interval)
@@ -125,6 +130,20 @@ class BackendConn:
     @property
     def inflight(self) -> int:
         return len(self.waiters)
+
+    def fence_request(self) -> bytes:
+        """SG.FENCE: tell a shardgate node our topology epoch and that it is our primary."""
+        return encode_command([b"SG.FENCE", b"%d" % self.epoch, b"primary"])
+
+    def announce_epoch(self, epoch: int) -> None:
+        """After a reload to a newer epoch: fence again on the live connection."""
+        if epoch <= self.epoch:
+            return
+        self.epoch = epoch
+        if self.fencing and self.up:
+            sink = _FenceSink(self.label, epoch)
+            sink.pending = Pending(sink, trio.current_time(), trio.current_time() + self.timeout)
+            self.submit(sink.pending, 0, self.fence_request())
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -214,6 +233,7 @@ class BackendConn:
             hello = []
             if self.password is not None:
                 hello.append(encode_command([b"AUTH", self.password.encode()]))
+            hello.append(self.fence_request())
             hello.append(b"*1\r\n$4\r\nPING\r\n")
             await _send_all(sock, b"".join(hello))
             buf = b""
@@ -227,8 +247,16 @@ class BackendConn:
                 while (end := reply_end(buf)) > 0:
                     replies.append(buf[:end])
                     buf = buf[end:]
+            fence_reply = replies[-2]
+            if fence_reply.startswith(b"-ERR unknown command"):
+                self.fencing = False  # a stock redis-server: no epochs to announce
+                replies.remove(fence_reply)
+            elif fence_reply == b"+OK\r\n":
+                self.fencing = True
             for reply in replies:
                 if reply[:1] == b"-":
+                    # -STALE n: the node has seen a newer topology than ours; sending it
+                    # traffic routed by an older one is what fencing exists to prevent.
                     raise BackendLost(
                         "handshake refused: " + reply[1:-2].decode("utf-8", "replace")
                     )
@@ -381,6 +409,25 @@ class BackendConn:
                 raise BackendLost(f"{self.health.consecutive_timeouts} consecutive timeouts")
             if self.health.state is State.RETIRED and self._expired >= len(waiters):
                 raise BackendLost("retired")
+
+
+class _FenceSink:
+    """The owner of an SG.FENCE sent on a live connection: logs a refusal, nothing else."""
+
+    def __init__(self, label: str, epoch: int) -> None:
+        self.label = label
+        self.epoch = epoch
+        self.touched = False
+        self.pending: Pending | None = None
+        self.queue: tuple[()] = ()  # what the proxy's flush scheduling looks at
+
+    def flush(self) -> None:
+        self.touched = False
+        reply = self.pending.reply if self.pending is not None else None
+        if reply is not None and reply[:1] == b"-":
+            log_event(
+                "fence_refused", "warn", backend=self.label, epoch=self.epoch, reply=reply[1:-2]
+            )
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:

@@ -58,7 +58,9 @@ class Proxy:
 
     # -- backends -------------------------------------------------------------------------------
 
-    def _new_conn(self, addr: NodeAddress, index: int, latency: FastHistogram) -> BackendConn:
+    def _new_conn(
+        self, addr: NodeAddress, index: int, latency: FastHistogram, epoch: int
+    ) -> BackendConn:
         c = self.config
         label = str(addr) if c.connections_per_backend == 1 else f"{addr}#{index}"
         return BackendConn(
@@ -69,6 +71,7 @@ class Proxy:
             fail_after=c.fail_after,
             reconnect_interval=c.reconnect_interval,
             password=c.backend_password,
+            epoch=epoch,
             latency=latency,
             on_flush=self._defer_flush,
         )
@@ -79,7 +82,7 @@ class Proxy:
         async with trio.open_nursery() as starter:
             for addr in new:
                 conns = [
-                    self._new_conn(addr, i, self.stats.latency)
+                    self._new_conn(addr, i, self.stats.latency, topology.epoch)
                     for i in range(self.config.connections_per_backend)
                 ]
                 self.conns[addr] = conns
@@ -94,6 +97,9 @@ class Proxy:
             for i, s in enumerate(topology.shards)
         ]
         self.router, self.shard_conns = router, shard_conns
+        for conns in self.conns.values():
+            for conn in conns:
+                conn.announce_epoch(topology.epoch)
         keep = {s.primary for s in topology.shards}
         for addr in [a for a in self.conns if a not in keep]:
             for conn in self.conns.pop(addr):

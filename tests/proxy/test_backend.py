@@ -51,6 +51,11 @@ class FakeBackend:
                 if not data:
                     return
                 buf += data
+                if not handshaken:  # SG.FENCE, then PING; answer as a stock redis-server
+                    if FRAME not in buf:
+                        continue
+                    buf = buf[buf.index(FRAME) :]
+                    await stream.send_all(b"-ERR unknown command 'SG.FENCE'\r\n")
                 frames = buf.count(FRAME)
                 buf = buf[frames * len(FRAME) :]
                 if not handshaken and frames:
@@ -87,6 +92,7 @@ async def start(nursery: trio.Nursery, fake: FakeBackend) -> BackendConn:
         fail_after=3,
         reconnect_interval=1.0,
         password=None,
+        epoch=1,
         latency=FastHistogram(),
         on_flush=lambda clients: [c.flush() for c in clients],
     )
