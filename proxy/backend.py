@@ -183,8 +183,10 @@ class BackendConn:
                 reason = self._lost or "closed"
                 self._drop(f"-ERR backend {self.label} connection lost: {reason}\r\n")
                 if self.health.state is not State.RETIRED:
+                    # One line per change, not one per retry: a dead node logs once, not 1/s.
+                    if sock is not None or reason != self.health.last_error:
+                        log_event("backend_down", "warn", backend=self.label, reason=reason)
                     self.health.failed(trio.current_time(), reason)
-                    log_event("backend_down", "warn", backend=self.label, reason=reason)
                 if not started:
                     task_status.started()
                     started = True

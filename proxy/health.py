@@ -55,7 +55,7 @@ class Health:
         self.last_attempt: float | None = None
         self.since = 0.0
         self.consecutive_timeouts = 0
-        self.last_error = "not connected yet"
+        self.last_error = "none"
 
     def _to(self, state: State, now: float) -> None:
         if state not in TRANSITIONS[self.state]:
