@@ -225,10 +225,13 @@ class SentinelCore(Leading):
             if self.elector.observe_epoch(msg.current_epoch):
                 out.append(self._persist())
             if msg.topology_epoch < self.topology.epoch:
-                out.append(SendToPeer(sender, TopologyNews(self.id, self.topology)))
+                news = TopologyNews(self.id, self.topology, self._record_of(self.topology.epoch))
+                out.append(SendToPeer(sender, news))
         elif isinstance(msg, TopologyNews):
             if msg.topology.supersedes(self.topology):
                 out += self._adopt(msg.topology, now, source=sender)
+            if msg.record is not None and self._remember(msg.record):
+                out.append(self._persist())
         elif isinstance(msg, DownReport):
             for hc in self.detector.on_peer_report(
                 sender, msg.primary, down=msg.down, epoch=msg.epoch, now=now

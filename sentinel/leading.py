@@ -176,7 +176,7 @@ class Leading:
                 # crash right after can never make this sentinel publish a lower epoch.
                 out += self._adopt(fo.published, now, source=self.id)
                 out += published
-                out += self._broadcast(TopologyNews(self.id, fo.published))
+                out += self._broadcast(TopologyNews(self.id, fo.published, fo.record()))
             else:
                 out += published
         if fo.finished:
@@ -189,7 +189,7 @@ class Leading:
             return out
         del self.failovers[fo.shard.name]
         self.candidacies.pop(fo.shard.name, None)
-        self.history = [*self.history, fo.record()][-MAX_HISTORY:]
+        self._remember(fo.record())
         if fo.step is Step.DONE or fo.abort_reason is AbortReason.SUPERSEDED:
             # Superseded: another change got a higher epoch first; retry at once if still down.
             self.timer.clear(fo.shard.name)
@@ -200,7 +200,7 @@ class Leading:
                 out += self._adopt(restored, now, source=self.id)
                 out += [
                     PublishTopology(restored),
-                    *self._broadcast(TopologyNews(self.id, restored)),
+                    *self._broadcast(TopologyNews(self.id, restored, fo.record())),
                 ]
         return [*out, self._persist()]
 
@@ -219,3 +219,16 @@ class Leading:
                 self.history[i] = attrs.evolve(r, timeline=(*r.timeline, (step, now)))
                 return (Log.of("+proxy-adopted", proxy=proxy, epoch=epoch), self._persist())
         return ()
+
+    def _remember(self, record: FailoverRecord) -> bool:
+        """Add a failover record (ours, or a peer's from ``TopologyNews``) unless known."""
+        if any((r.epoch, r.leader) == (record.epoch, record.leader) for r in self.history):
+            return False
+        self.history = sorted([*self.history, record], key=lambda r: r.epoch)[-MAX_HISTORY:]
+        return True
+
+    def _record_of(self, epoch: int) -> FailoverRecord | None:
+        """The successful failover that produced the topology of ``epoch``, if we know it."""
+        return next(
+            (r for r in self.history if r.epoch == epoch and r.new_primary is not None), None
+        )

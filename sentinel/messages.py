@@ -5,7 +5,8 @@ Five messages, each a frozen value:
   topology I hold. A peer holding a newer topology answers with ``TopologyNews``; that (and the
   news a leader broadcasts when it publishes) is how sentinels converge after a failover they
   missed (a partition, a restart). Hellos stay small: a topology is only sent when it is news.
-- ``TopologyNews``: a whole topology.
+- ``TopologyNews``: a whole topology, with the record of the failover that produced it (so
+  ``sentinel history`` on any sentinel shows every failover, votes and ranking included).
 - ``DownReport``: "at topology epoch E, I (do not) hold shard S's primary P down". Pushed on
   every change and refreshed periodically; it is what ODOWN counts.
 - ``VoteRequest`` / ``VoteReply``: the election (see ``sentinel.election``).
@@ -21,6 +22,7 @@ from typing import Any
 import attrs
 import msgpack
 
+from sentinel.records import FailoverRecord, RecordError
 from shardgate.topology import NodeAddress, Topology, TopologyError
 
 # A message is a few hundred bytes; a topology with many slot ranges a few KB. 1 MB is absurd.
@@ -56,6 +58,7 @@ class Hello:
 class TopologyNews:
     sender: str = attrs.field(validator=_name)
     topology: Topology
+    record: FailoverRecord | None = None  # the failover that made it, when the sender has it
 
 
 @attrs.frozen(slots=True)
@@ -113,7 +116,8 @@ def encode_message(msg: Message) -> bytes:
     if isinstance(msg, Hello):
         fields = ["hello", msg.sender, str(msg.address), msg.current_epoch, msg.topology_epoch]
     elif isinstance(msg, TopologyNews):
-        fields = ["topology", msg.sender, encode_topology(msg.topology)]
+        record = None if msg.record is None else msg.record.to_list()
+        fields = ["topology", msg.sender, encode_topology(msg.topology), record]
     elif isinstance(msg, DownReport):
         fields = ["down", msg.sender, msg.shard, str(msg.primary), msg.epoch, msg.down]
     elif isinstance(msg, VoteRequest):
@@ -124,7 +128,7 @@ def encode_message(msg: Message) -> bytes:
     return out
 
 
-_ARITY = {"hello": 5, "topology": 3, "down": 6, "vote?": 5, "vote": 5}
+_ARITY = {"hello": 5, "topology": 4, "down": 6, "vote?": 5, "vote": 5}
 
 
 def decode_message(data: bytes) -> Message:
@@ -145,7 +149,11 @@ def decode_message(data: bytes) -> Message:
         if kind == "topology":
             if not isinstance(raw[1], str):
                 raise MessageError("topology: sender must be a string")
-            return TopologyNews(raw[1], decode_topology(raw[2]))
+            try:
+                record = None if raw[3] is None else FailoverRecord.from_list(raw[3])
+            except RecordError as exc:
+                raise MessageError(str(exc)) from None
+            return TopologyNews(raw[1], decode_topology(raw[2]), record)
         if kind == "down":
             if not isinstance(raw[5], bool):
                 raise MessageError("down: flag must be a boolean")

@@ -15,12 +15,11 @@ that follows a ``PersistState`` action — in particular before a vote reply lea
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import msgpack
 
 from sentinel.messages import MAX_EPOCH, MessageError, decode_topology, encode_topology
+from sentinel.records import FailoverRecord, RecordError
 from shardgate.topology import NodeAddress, Topology, TopologyError
 
 STATE_VERSION = 1
@@ -33,81 +32,14 @@ class StateError(ValueError):
     """The state file is corrupt or from an incompatible version."""
 
 
+__all__ = ["FailoverRecord", "PersistedState", "StateError", "Vote", "decode_state", "encode_state"]
+
+
 @attrs.frozen(slots=True)
 class Vote:
     epoch: int
     leader: str
     shard: str
-
-
-@attrs.frozen(slots=True)
-class FailoverRecord:
-    """One failover attempt, as ``sentinel history`` shows it. Times are the leader's ms."""
-
-    epoch: int
-    shard: str
-    leader: str
-    manual: bool
-    old_primary: str
-    new_primary: str | None
-    outcome: str  # "done" or the abort reason's value
-    # (step name, at_ms): sdown, odown, election, elected, promote, promoted, published, ...
-    timeline: tuple[tuple[str, int], ...] = ()
-    votes: tuple[tuple[str, str], ...] = ()  # (voter, voted for)
-    ranking: tuple[tuple[str, str], ...] = ()  # (replica, "rank N ..." or why it was skipped)
-
-    def duration_ms(self) -> int | None:
-        if len(self.timeline) < 2:
-            return None
-        return self.timeline[-1][1] - self.timeline[0][1]
-
-    def to_list(self) -> list[Any]:
-        return [
-            self.epoch,
-            self.shard,
-            self.leader,
-            self.manual,
-            self.old_primary,
-            self.new_primary,
-            self.outcome,
-            [list(t) for t in self.timeline],
-            [list(v) for v in self.votes],
-            [list(r) for r in self.ranking],
-        ]
-
-    @classmethod
-    def from_list(cls, raw: Any) -> FailoverRecord:
-        if not isinstance(raw, list) or len(raw) != 10:
-            raise StateError("history record: expected 10 fields")
-        epoch, shard, leader, manual, old, new, outcome, timeline, votes, ranking = raw
-
-        def pairs(value: Any, second: type) -> tuple[tuple[Any, Any], ...]:
-            if not isinstance(value, list):
-                raise StateError("history record: expected a list of pairs")
-            out = []
-            for item in value:
-                ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                if not ok or not isinstance(item[1], second) or isinstance(item[1], bool):
-                    raise StateError("history record: malformed pair")
-                out.append((item[0], item[1]))
-            return tuple(out)
-
-        if not (isinstance(epoch, int) and isinstance(shard, str) and isinstance(leader, str)):
-            raise StateError("history record: malformed header")
-        if not (isinstance(old, str) and (new is None or isinstance(new, str))):
-            raise StateError("history record: malformed primaries")
-        return cls(
-            epoch,
-            shard,
-            leader,
-            bool(manual),
-            old,
-            new,
-            str(outcome),
-            pairs(timeline, int),
-            pairs(votes, str),
-            pairs(ranking, str),
-        )
 
 
 @attrs.frozen(slots=True)
@@ -180,5 +112,5 @@ def decode_state(data: bytes) -> PersistedState:
             sentinels.append((item[0], NodeAddress.parse(item[1])))
         history = tuple(FailoverRecord.from_list(r) for r in doc.get("history", []))
         return PersistedState(epoch, vote, topology, tuple(sentinels), history[-MAX_HISTORY:])
-    except (KeyError, TypeError, MessageError, TopologyError) as exc:
+    except (KeyError, TypeError, MessageError, RecordError, TopologyError) as exc:
         raise StateError(f"state file: {exc}") from None

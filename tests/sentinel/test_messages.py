@@ -19,6 +19,7 @@ from sentinel.messages import (
     decode_message,
     encode_message,
 )
+from sentinel.records import FailoverRecord
 from shardgate.topology import NodeAddress, Topology
 
 A = NodeAddress("127.0.0.1", 26379)
@@ -32,6 +33,13 @@ A = NodeAddress("127.0.0.1", 26379)
             "s1", Topology.even([NodeAddress("10.0.0.1", 7001), NodeAddress("::1", 7002)], epoch=3)
         ),
         DownReport("s2", "s0", NodeAddress("127.0.0.1", 7001), 3, True),
+        TopologyNews(
+            "s1",
+            Topology.even([NodeAddress("10.0.0.1", 7001)], epoch=4),
+            FailoverRecord(
+                4, "s0", "s1", False, "a:1", "b:2", "done", (("odown", 5),), (("s1", "s1"),)
+            ),
+        ),
         VoteRequest("s1", 5, "s0", 3),
         VoteReply("s2", 5, "s1", 5),
         VoteReply("s2", 5, None, 6),
@@ -58,7 +66,8 @@ def test_round_trip(msg: Message) -> None:
         msgpack.packb(["vote", "s1", 1, 5, 1]),
         msgpack.packb(["vote?", "s1", "1", "s0", 1]),
         msgpack.packb(["topology", "s1", {"shards": [{"primary": "x"}]}]),
-        msgpack.packb(["topology", 5, {}]),
+        msgpack.packb(["topology", 5, {}, None]),
+        msgpack.packb(["topology", "s1", Topology.even([NodeAddress("h", 1)]).to_dict(), [1]]),
         b"\x91" + b"\xa5hello" * 2,
     ],
 )

@@ -54,7 +54,15 @@ async def test_failover_completes_at_an_exact_virtual_time(
     # that it is a replica of R1 under epoch 2, and it obeys at 8002.
     assert c.nodes[P].role_log[0] == (8002, Role.REPLICA, 2)
     assert (c.nodes[P].role, c.nodes[P].primary) == (Role.REPLICA, R1)
-    # Peers adopted the topology from s1's hello.
+    # Every sentinel can show the failover, votes and ranking included (it came with the news).
+    records = {sid: c.cores[sid].history for sid in c.ids}
+    assert all(len(r) == 1 and r[0] == records["s1"][0] for r in records.values())
+    assert (records["s2"][0].epoch, records["s2"][0].leader, records["s2"][0].outcome) == (
+        2,
+        "s1",
+        "done",
+    )
+    # Peers adopted the topology from s1's news.
     assert sorted((e[0], e[1]) for e in c.events("+config-update") if e[1] != "s1") == [
         (6008, "s2"),
         (6008, "s3"),
@@ -205,6 +213,7 @@ async def test_restarted_sentinel_adopts_the_newest_epoch_and_keeps_its_vote(
     assert c.cores["s3"].topology.epoch == 2
     state = decode_state(c.disk["s3"])
     assert state.topology_epoch == 2 and state.current_epoch == 2
+    assert [r.epoch for r in state.history] == [2]  # the record came with the topology
     s2_vote = decode_state(c.disk["s2"]).vote
     assert s2_vote is not None and (s2_vote.epoch, s2_vote.leader) == (2, "s1")
 
