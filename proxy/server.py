@@ -116,7 +116,7 @@ class Proxy:
         dirty = self._dirty
         for client in clients:
             if len(client.queue) == 1:
-                client.flush()
+                _flush(client)
             else:
                 dirty.append(client)
         if not dirty:
@@ -138,7 +138,7 @@ class Proxy:
                 continue
             dirty, self._dirty = self._dirty, []
             for client in dirty:
-                client.flush()
+                _flush(client)
 
     def backend_list(self) -> Iterable[tuple[BackendConn, str]]:
         names = {s.primary: s.name for s in self.router.topology.shards}
@@ -274,6 +274,18 @@ class Proxy:
             },
             "Backends": backends,
         }
+
+
+def _flush(client: ClientConn) -> None:
+    """Write a client's ready replies; a bug there costs that client, not the backend task."""
+    try:
+        client.flush()
+    except Exception as exc:
+        log_event("client_flush_failed", "error", error=repr(exc))
+        client.dead = True
+        scope = getattr(client, "scope", None)
+        if scope is not None:
+            scope.cancel()
 
 
 def _pack(args: list[bytes]) -> bytes:
