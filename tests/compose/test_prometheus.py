@@ -66,7 +66,7 @@ def test_every_rule_is_documented_and_labelled() -> None:
 
 
 def test_the_rule_tests_cover_the_issue_s_alerts() -> None:
-    """Primary down, no quorum, replication lag, proxy epoch behind, backend errors."""
+    """Primary down, no quorum, replication lag, proxy epoch behind, backend errors, evictions."""
     tested = (PROMETHEUS / "alerts.test.yml").read_text()
     for alert in (
         "ShardgatePrimaryDown",
@@ -75,5 +75,6 @@ def test_the_rule_tests_cover_the_issue_s_alerts() -> None:
         "ShardgateReplicationLag",
         "ShardgateProxyEpochBehind",
         "ShardgateBackendErrors",
+        "ShardgateEvicting",
     ):
         assert f"alertname: {alert}" in tested, alert
