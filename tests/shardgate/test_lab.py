@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from shardgate import lab
-from shardgate.lab import LabConfig, LabError, plan_lab
+from shardgate.lab import LabConfig, LabError, NodeKind, plan_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT = 120  # seconds; a whole `lab up` on a loaded 2-core CI machine stays far below
@@ -378,6 +378,36 @@ def test_python_api_stops_everything_on_exit(tmp_path: Path) -> None:
             assert running.is_alive("node0")
             pids.append(running.record("node0").pid)
         assert all(_gone(pid) for pid in pids)
+    finally:
+        for pid in pids:
+            if not _gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("node_kind", ["redis", "shardgate"])
+def test_replicas_report_their_live_role(tmp_path: Path, node_kind: NodeKind) -> None:
+    reason = _missing(node_kind, "none")
+    if reason:
+        pytest.skip(reason)
+    config = LabConfig(
+        directory=str(tmp_path),
+        shards=1,
+        replicas=1,
+        base_port=0,
+        node_kind=node_kind,
+        proxy_kind="none",
+    )
+    pids: list[int] = []
+    try:
+        with lab.up(config, die_with_parent=True) as running:
+            pids = [r.pid for r in running.records.values()]
+            roles = {s.name: (s.role, s.shard) for s in running.status()}
+            assert roles == {"node0": ("primary", "shard0"), "node0-1": ("replica", "shard0")}
+            # promote the replica by hand: status follows the process, not the plan
+            host, port = running.address("node0-1")
+            assert lab.resp_request(host, port, "REPLICAOF", "NO", "ONE") == b"OK"
+            assert {s.name: s.role for s in running.status()}["node0-1"] == "primary"
     finally:
         for pid in pids:
             if not _gone(pid):
