@@ -42,6 +42,10 @@ STATE_FILE = "state.json"
 CLUSTER_FILE = "cluster.toml"
 NUTCRACKER_FILE = "nutcracker.yml"
 NODE_PORT_OFFSET = 100  # nodes at base+100.. so a proxy port range never collides with nodes
+SENTINEL_PORT_OFFSET = 50  # sentinels at base+50..
+# A lab fails over in seconds (sentinel defaults are 5 s / 30 s): failovers are what it is for.
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 10_000
 METRICS_PORT_OFFSET = 1000  # metrics port = service port + 1000
 DEFAULT_READY_TIMEOUT = 30.0  # seconds; a trio process starts in ~0.5 s, CI machines are slow
 DEFAULT_STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -73,6 +77,7 @@ class LabConfig:
     proxy_workers: int = 1
     maxmemory: str = "256mb"  # the node's default
     maxmemory_policy: str | None = None
+    sentinels: int = 0
     python: str = sys.executable
 
     def __attrs_post_init__(self) -> None:
@@ -90,6 +95,10 @@ class LabConfig:
             raise LabError(f"unknown proxy command {self.proxy_kind!r} ({', '.join(PROXY_KINDS)})")
         if self.proxy_workers < 1:
             raise LabError("--proxy-workers must be at least 1")
+        if not 0 <= self.sentinels <= 9:
+            raise LabError(f"--sentinels must be between 0 and 9, got {self.sentinels}")
+        if self.sentinels and self.node_kind != "shardgate":
+            raise LabError("sentinels need shardgate nodes (they speak SG.* to them)")
 
 
 def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
@@ -129,7 +138,7 @@ class LabPlan:
 def ports_needed(config: LabConfig) -> int:
     """How many ports a lab uses: a service port each, plus a metrics port each."""
     processes = config.shards * (1 + config.replicas) + (config.proxy_kind != "none")
-    return 2 * processes
+    return 2 * (processes + config.sentinels)
 
 
 def node_name(shard: int, index: int) -> str:
@@ -231,12 +240,40 @@ def cluster_toml(shards: Sequence[tuple[str, str, Sequence[str], tuple[int, int]
     return "\n".join(lines) + "\n"
 
 
+def sentinel_toml(
+    name: str,
+    host: str,
+    port: int,
+    sentinels: Sequence[tuple[str, int, int]],
+    shards: Sequence[tuple[str, str, Sequence[str], tuple[int, int]]],
+    directory: str,
+) -> str:
+    """One sentinel's config (see sentinel/config.py): itself, its peers, every shard."""
+    lines = [
+        "# Written by `shardgate lab up` (see sentinel/config.py).",
+        f'id = "{name}"',
+        f'listen = "{host}:{port}"',
+        f"quorum = {len(sentinels) // 2 + 1}",
+        f"down_after_ms = {SENTINEL_DOWN_AFTER_MS}",
+        f"failover_timeout_ms = {SENTINEL_FAILOVER_TIMEOUT_MS}",
+        f'state_file = "{os.path.join(directory, name + ".state")}"',
+    ]
+    for peer, peer_port, _ in sentinels:
+        if peer != name:
+            lines += ["", "[[peers]]", f'id = "{peer}"', f'address = "{host}:{peer_port}"']
+    for shard, primary, replicas, (start, end) in shards:
+        lines += ["", "[[shards]]", f'name = "{shard}"', f'primary = "{primary}"']
+        lines.append("replicas = [" + ", ".join(f'"{r}"' for r in replicas) + "]")
+        lines.append(f'slots = ["{start}-{end}"]')
+    return "\n".join(lines) + "\n"
+
+
 def plan_lab(config: LabConfig, *, ports: Sequence[int] = ()) -> LabPlan:
     """Every process and file of a lab. ``ports`` (service ports then metrics ports, in process
-    order: nodes shard-major, then the proxy) is required when ``base_port`` is 0."""
+    order: nodes shard-major, the proxy, the sentinels) is required when ``base_port`` is 0."""
     n_nodes = config.shards * (1 + config.replicas)
     has_proxy = config.proxy_kind != "none"
-    n_procs = n_nodes + has_proxy
+    n_procs = n_nodes + has_proxy + config.sentinels
     if config.base_port == 0:
         if len(ports) != 2 * n_procs:
             raise LabError(f"need {2 * n_procs} ports for this lab, got {len(ports)}")
@@ -245,6 +282,7 @@ def plan_lab(config: LabConfig, *, ports: Sequence[int] = ()) -> LabPlan:
     else:
         b = config.base_port
         service = [b + NODE_PORT_OFFSET + k for k in range(n_nodes)] + ([b] if has_proxy else [])
+        service += [b + SENTINEL_PORT_OFFSET + i for i in range(config.sentinels)]
         metrics = [p + METRICS_PORT_OFFSET for p in service]
     directory = config.directory
     host = config.host
@@ -315,6 +353,35 @@ def plan_lab(config: LabConfig, *, ports: Sequence[int] = ()) -> LabPlan:
                 metrics_port=m_port,
                 argv=argv,
                 log="proxy.log",
+            )
+        )
+        k += 1
+    sentinels = [(f"sentinel{i}", service[k + i], metrics[k + i]) for i in range(config.sentinels)]
+    for name, port, m_port in sentinels:
+        config_file = f"{name}.toml"
+        files.append(
+            (config_file, sentinel_toml(name, host, port, sentinels, shard_rows, directory))
+        )
+        processes.append(
+            ProcessSpec(
+                name=name,
+                role="sentinel",
+                shard=None,
+                host=host,
+                port=port,
+                metrics_port=m_port,
+                argv=(
+                    config.python,
+                    "-m",
+                    "shardgate",
+                    "sentinel",
+                    "run",
+                    "--config",
+                    os.path.join(directory, config_file),
+                    "--metrics-port",
+                    str(m_port),
+                ),
+                log=f"{name}.log",
             )
         )
     return LabPlan(tuple(processes), tuple(files))
@@ -774,8 +841,10 @@ class Lab:
         return killed
 
     def down(self, *, grace: float = DEFAULT_STOP_GRACE) -> list[str]:
-        """Stop everything this lab started (proxies first) and remove the state file."""
-        order = sorted(self.records, key=lambda n: self.records[n].spec.role != "proxy")
+        """Stop everything this lab started and remove the state file. Proxies go first, then
+        sentinels (so stopping the nodes sets off no failover), then the nodes."""
+        rank = {"proxy": 0, "sentinel": 1}
+        order = sorted(self.records, key=lambda n: rank.get(self.records[n].spec.role, 2))
         killed = self.stop(order, grace=grace)
         self.records.clear()
         self._children.clear()
@@ -820,6 +889,8 @@ def up(
             "the shardgate proxy is not available yet (no proxy/cli.py); "
             "use --proxy-command nutcracker or --proxy-command none"
         )
+    if config.sentinels and not _module_available("sentinel.cli"):
+        raise LabError("the shardgate sentinel is not available yet; use --sentinels 0")
     if config.node_kind == "shardgate" and not _module_available("storenode.cli"):
         raise LabError("the shardgate store node is not available yet; use --node-command redis")
     if (
@@ -837,16 +908,13 @@ def up(
         (directory / name).write_text(content)
     lab = Lab(directory)
     try:
-        nodes = [s for s in plan.processes if s.role != "proxy"]
-        for spec in nodes:
-            lab.start(spec, die_with_parent=die_with_parent)
-            echo(f"started {spec.name} (pid {lab.record(spec.name).pid}) on {spec.address}")
-        lab.wait_ready([s.name for s in nodes], timeout=timeout)
-        for spec in plan.processes:
-            if spec.role == "proxy":
+        # Nodes first (the others connect to them), then sentinels, then the proxy.
+        for roles in (("primary", "replica"), ("sentinel",), ("proxy",)):
+            group = [spec for spec in plan.processes if spec.role in roles]
+            for spec in group:
                 lab.start(spec, die_with_parent=die_with_parent)
                 echo(f"started {spec.name} (pid {lab.record(spec.name).pid}) on {spec.address}")
-                lab.wait_ready([spec.name], timeout=timeout)
+            lab.wait_ready([spec.name for spec in group], timeout=timeout)
     except BaseException:
         lab.down(grace=1.0)
         raise

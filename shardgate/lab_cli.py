@@ -63,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the proxy: shardgate, nutcracker (twemproxy, as a stand-in) or none (default shardgate)",
     )
     p.add_argument("--proxy-workers", type=int, default=1, help="proxy --workers (default 1)")
+    p.add_argument(
+        "--sentinels",
+        type=int,
+        default=0,
+        help="sentinels watching the shards, quorum a majority (default 0; needs shardgate nodes)",
+    )
     p.add_argument("--maxmemory", default="256mb", help="each node's maxmemory (default 256mb)")
     p.add_argument("--maxmemory-policy", default=None, help="each node's eviction policy")
     p.add_argument(
@@ -148,6 +154,7 @@ def _up(args: argparse.Namespace) -> int:
         proxy_workers=args.proxy_workers,
         maxmemory=args.maxmemory,
         maxmemory_policy=args.maxmemory_policy,
+        sentinels=args.sentinels,
     )
     if args.foreground:
         # Installed before anything starts, so a SIGTERM during startup also cleans up.
@@ -160,8 +167,8 @@ def _up(args: argparse.Namespace) -> int:
     _print_table(lab.status(probe_roles=False))
     print(f"logs and state: {lab.directory}")
     for row in lab.status(probe_roles=False):
-        if row.role == "proxy":
-            print(f"proxy: redis-cli -h {row.host} -p {row.port}")
+        if row.role in ("proxy", "sentinel"):
+            print(f"{row.name}: redis-cli -h {row.host} -p {row.port}")
     if not any(r.role == "proxy" for r in lab.status(probe_roles=False)):
         first = next(iter(lab.records.values())).spec
         print(f"no proxy; a node: redis-cli -h {first.host} -p {first.port}")

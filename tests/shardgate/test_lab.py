@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,32 @@ def test_plan_nutcracker_stand_in() -> None:
     assert "- 127.0.0.1:7600:1 s0" in yml and "- 127.0.0.1:7601:1 s1" in yml
     proxy = plan.by_name("proxy")
     assert proxy.argv == ("nutcracker", "-c", "/d/nutcracker.yml", "-s", "8500", "-a", "127.0.0.1")
+
+
+def test_plan_sentinels() -> None:
+    plan = plan_lab(LabConfig(directory="/d", shards=2, replicas=1, sentinels=3, python="py"))
+    names = [p.name for p in plan.processes]
+    assert names[-4:] == ["proxy", "sentinel0", "sentinel1", "sentinel2"]
+    s1 = plan.by_name("sentinel1")
+    assert (s1.role, s1.shard, s1.port, s1.metrics_port) == ("sentinel", None, 7051, 8051)
+    assert s1.argv == (
+        "py", "-m", "shardgate", "sentinel", "run", "--config", "/d/sentinel1.toml",
+        "--metrics-port", "8051",
+    )  # fmt: skip
+    config = tomllib.loads(dict(plan.files)["sentinel1.toml"])
+    assert (config["id"], config["listen"], config["quorum"]) == ("sentinel1", "127.0.0.1:7051", 2)
+    assert config["state_file"] == "/d/sentinel1.state"
+    assert [p["id"] for p in config["peers"]] == ["sentinel0", "sentinel2"]
+    assert [(s["name"], s["primary"], s["replicas"]) for s in config["shards"]] == [
+        ("shard0", "127.0.0.1:7100", ["127.0.0.1:7101"]),
+        ("shard1", "127.0.0.1:7102", ["127.0.0.1:7103"]),
+    ]
+    if importlib.util.find_spec("sentinel.config") is not None:  # the sentinel's own reader
+        from sentinel.config import parse_config
+
+        assert parse_config(config).quorum == 2
+    with pytest.raises(LabError, match="shardgate nodes"):
+        LabConfig(sentinels=3, node_kind="redis")
 
 
 def test_plan_with_os_assigned_ports() -> None:
@@ -189,13 +216,15 @@ def _status(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _running_lab(directory: Path, *args: str) -> Iterator[dict[str, dict[str, Any]]]:
+def _running_lab(
+    directory: Path, *args: str, expect_proxy: bool = True
+) -> Iterator[dict[str, dict[str, Any]]]:
     """`lab up` in ``directory``; afterwards `lab down`, and SIGKILL for anything left."""
     pids: list[int] = []
     try:
         result = _lab("up", "--dir", str(directory), "--base-port", "0", *args)
         assert result.returncode == 0, f"lab up failed:\n{result.stdout}\n{result.stderr}"
-        assert "proxy: redis-cli -h 127.0.0.1 -p " in result.stdout
+        assert ("proxy: redis-cli -h 127.0.0.1 -p " in result.stdout) == expect_proxy
         status = _status(directory)
         pids = [row["pid"] for row in status.values()]
         yield status
@@ -413,3 +442,32 @@ def test_replicas_report_their_live_role(tmp_path: Path, node_kind: NodeKind) ->
             if not _gone(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sentinels_fail_over_and_status_follows(tmp_path: Path) -> None:
+    reason = _missing("shardgate", "none")
+    if reason is None and importlib.util.find_spec("sentinel.cli") is None:
+        reason = "the shardgate sentinel (sentinel/cli.py) does not exist yet"
+    if reason:
+        pytest.skip(reason)
+    directory = tmp_path / "lab"
+    args = ("--shards", "2", "--replicas", "1", "--sentinels", "3", "--proxy-command", "none")
+    with _running_lab(directory, *args, expect_proxy=False) as status:
+        assert {n: status[n]["role"] for n in status} == {
+            "node0": "primary",
+            "node0-1": "replica",
+            "node1": "primary",
+            "node1-1": "replica",
+            "sentinel0": "sentinel",
+            "sentinel1": "sentinel",
+            "sentinel2": "sentinel",
+        }
+        port = status["sentinel0"]["port"]
+        addr = lab.resp_request("127.0.0.1", port, "SENTINEL", "get-master-addr-by-name", "shard0")
+        assert addr == [b"127.0.0.1", str(status["node0"]["port"]).encode()]
+        assert _lab("kill", "node0", "--dir", str(directory)).returncode == 0
+        deadline = time.monotonic() + 20  # down-after 1 s in the lab; failover takes a few more
+        while _status(directory)["node0-1"]["role"] != "primary":
+            assert time.monotonic() < deadline, "node0-1 was not promoted"
+            time.sleep(0.2)
