@@ -771,6 +771,11 @@ class Lab:
     def kill(self, name: str) -> None:
         self.send_signal(name, signal.SIGKILL)
         self._reap(name, timeout=2.0)
+        # Not our child (a lab loaded from state.json): wait until the kernel shows it gone.
+        rec = self.record(name)
+        deadline = time.monotonic() + 2.0
+        while self._stat(rec) is not None and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def pause(self, name: str) -> None:
         self.send_signal(name, signal.SIGSTOP)
