@@ -1,0 +1,242 @@
+"""A cluster of real processes for a fault scenario: shards, fault proxies, shardgate proxies.
+
+``Cluster`` starts, for each ``ShardSpec``, a primary and its replicas (each in its own network
+namespace when a ``Network`` is given), optionally a fault proxy on each replica's replication
+link and one between the shardgate proxies and the primary, then the shardgate proxies with a
+cluster config file. ``promote`` is what a sentinel will do (``REPLICAOF NO ONE`` on the chosen
+replica, the others re-pointed, a new epoch written and ``CONFIG RELOAD`` on every proxy); the
+sentinel scenarios replace it with real sentinels and keep everything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import attrs
+import redis
+
+from shardgate.topology import NodeAddress, Shard, SlotRange, Topology
+from tests.faults.netns import Host, Network
+from tests.faults.processes import Service, Services, fault_proxy
+
+SLOTS = 16384
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class ShardSpec:
+    name: str
+    replicas: int = 1
+    node_args: tuple[str, ...] = ()  # for every node of the shard (a promoted replica too)
+    durability: str = "async"  # how the checker classes this shard's writes
+    replica_links: bool = False  # a fault proxy on every replica's replication link
+    backend_link: bool = False  # a fault proxy between the shardgate proxies and the primary
+
+
+@attrs.define
+class ShardProcs:
+    spec: ShardSpec
+    primary: Service
+    replicas: list[Service]
+    slots: SlotRange
+    links: dict[str, Service] = attrs.Factory(dict)  # replica name -> its replication link
+    backend_link: Service | None = None
+
+    @property
+    def nodes(self) -> list[Service]:
+        return [self.primary, *self.replicas]
+
+    def routed_address(self) -> str:
+        link = self.backend_link
+        return link.address if link is not None else self.primary.address
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> float:
+    """Poll ``check`` until truthy; return how long it took. Redis errors count as not yet."""
+    start = time.monotonic()
+    last: object = None
+    while time.monotonic() - start < timeout:
+        try:
+            if last := check():
+                return time.monotonic() - start
+        except redis.RedisError as exc:
+            last = exc
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def repl_info(node: Service) -> dict[str, object]:
+    info: dict[str, object] = node.client().info("replication")
+    return info
+
+
+def link_up(replica: Service) -> bool:
+    return repl_info(replica).get("master_link_status") == "up"
+
+
+def repl_offset(node: Service) -> int:
+    info = repl_info(node)
+    return int(str(info.get("slave_repl_offset", info["master_repl_offset"])))
+
+
+def dump(r: redis.Redis) -> dict[bytes, tuple[bytes, int]]:
+    """Every key with its value and absolute expiry (ms), the write probe's keys left out."""
+    keys: list[bytes] = list(r.keys("*"))  # type: ignore[arg-type]
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.get(k)
+        pipe.pexpiretime(k)  # type: ignore[arg-type]
+    values = pipe.execute()
+    return {
+        k: (values[2 * i], values[2 * i + 1])
+        for i, k in enumerate(keys)
+        if values[2 * i] is not None and not k.startswith(b"sg:probe:")
+    }
+
+
+def sync_stats(primary: Service) -> tuple[int, int]:
+    """(full syncs, partial syncs) the primary has served."""
+    stats = primary.client().info("stats")
+    return int(stats["sync_full"]), int(stats["sync_partial_ok"])
+
+
+class Cluster:
+    def __init__(
+        self,
+        services: Services,
+        specs: Sequence[ShardSpec],
+        *,
+        workdir: Path,
+        network: Network | None = None,
+        proxies: int = 1,
+        proxy_args: Sequence[str] = (),
+        proxy_hosts: Sequence[Host | None] = (),
+    ) -> None:
+        self.services = services
+        self.specs = list(specs)
+        self.workdir = workdir
+        self.network = network
+        self.proxy_count = proxies
+        self.proxy_args = list(proxy_args)
+        self.proxy_hosts = list(proxy_hosts) or [None] * proxies
+        self.shards: dict[str, ShardProcs] = {}
+        self.proxies: list[Service] = []
+        self.epoch = 1
+        self.config = workdir / "cluster.toml"
+
+    def _host(self, name: str) -> Host | None:
+        return self.network.add_host(name) if self.network is not None else None
+
+    def start(self) -> Cluster:
+        n = len(self.specs)
+        for i, spec in enumerate(self.specs):
+            slots = SlotRange(i * SLOTS // n, (i + 1) * SLOTS // n - 1)
+            pname = f"{spec.name}-n0"
+            primary = self.services.add(
+                Service(pname, ["node", *spec.node_args], host=self._host(pname))
+            )
+            shard = ShardProcs(spec, primary, [], slots)
+            for j in range(1, spec.replicas + 1):
+                rname = f"{spec.name}-n{j}"
+                host = self._host(rname)
+                upstream = primary.address
+                if spec.replica_links:
+                    link = self.services.add(fault_proxy(f"{rname}-link", upstream, host=host))
+                    shard.links[rname] = link
+                    upstream = link.address
+                argv = ["node", "--replicaof", upstream, *spec.node_args]
+                shard.replicas.append(self.services.add(Service(rname, argv, host=host)))
+            if spec.backend_link:
+                shard.backend_link = self.services.add(
+                    fault_proxy(f"{spec.name}-backend-link", primary.address)
+                )
+            self.shards[spec.name] = shard
+        for shard in self.shards.values():
+            for replica in shard.replicas:
+                wait_until(partial(link_up, replica), 15, f"{replica.name} linked")
+        self.write_config()
+        for i in range(self.proxy_count):  # 0: a replication-only scenario
+            argv = ["proxy", "--config", str(self.config), *self.proxy_args]
+            self.proxies.append(
+                self.services.add(Service(f"proxy{i}", argv, host=self.proxy_hosts[i]))
+            )
+        return self
+
+    def topology(self) -> Topology:
+        return Topology(
+            self.epoch,
+            tuple(
+                Shard(
+                    name,
+                    NodeAddress.parse(shard.routed_address()),
+                    tuple(NodeAddress.parse(r.address) for r in shard.replicas),
+                    (shard.slots,),
+                )
+                for name, shard in self.shards.items()
+            ),
+        )
+
+    def write_config(self) -> None:
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(self.topology().to_toml())
+        tmp.replace(self.config)
+
+    def durability(self) -> dict[str, str]:
+        return {name: shard.spec.durability for name, shard in self.shards.items()}
+
+    def primaries(self) -> dict[str, redis.Redis]:
+        return {name: shard.primary.client(timeout=10) for name, shard in self.shards.items()}
+
+    def probe_nodes(self) -> dict[str, list[tuple[str, Callable[[], redis.Redis]]]]:
+        return {
+            name: [(n.name, partial(n.client, timeout=0.5)) for n in shard.nodes]
+            for name, shard in self.shards.items()
+        }
+
+    def proxy_client(self, index: int = 0, *, timeout: float = 5.0) -> Callable[[], redis.Redis]:
+        proxy = self.proxies[index]
+        return lambda: proxy.client(timeout=timeout)
+
+    def best_replica(self, shard: str) -> Service:
+        """The replica a sentinel would promote: the highest replication offset."""
+        candidates = []
+        for r in self.shards[shard].replicas:
+            with contextlib.suppress(redis.RedisError):
+                candidates.append((repl_offset(r), r.name, r))
+        assert candidates, f"no reachable replica in {shard}"
+        return max(candidates)[2]
+
+    def promote(self, shard_name: str, replica: Service) -> None:
+        """Fail ``shard_name`` over to ``replica`` by hand, as a sentinel will."""
+        shard = self.shards[shard_name]
+        replica.client().execute_command("REPLICAOF", "NO", "ONE")
+        old = shard.primary
+        shard.replicas.remove(replica)
+        shard.primary = replica
+        shard.backend_link = None  # route straight to the new primary
+        host, port = replica.address.rsplit(":", 1)
+        for other in shard.replicas:
+            if not other.running or other.paused:
+                continue  # a sentinel re-points it when it is back
+            with contextlib.suppress(redis.RedisError):  # cut off: the same, later
+                other.client(timeout=1).execute_command("REPLICAOF", host, port)
+        shard.replicas.append(old)  # it rejoins as a replica when it comes back
+        self.epoch += 1
+        self.write_config()
+        for proxy in self.proxies:
+            if proxy.running and not proxy.paused:
+                proxy.client().execute_command("CONFIG", "RELOAD")
+
+    def converged(self, shard_name: str) -> bool:
+        """Every running replica of the shard has the primary's offset and key count."""
+        shard = self.shards[shard_name]
+        target = repl_offset(shard.primary)
+        size = shard.primary.client().dbsize()
+        return all(
+            repl_offset(r) >= target and r.client().dbsize() == size
+            for r in shard.replicas
+            if r.running
+        )

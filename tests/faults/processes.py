@@ -1,0 +1,223 @@
+"""Real processes the fault scenarios start, crash, freeze and restart.
+
+A ``Service`` is one ``python -m shardgate ...`` (or ``python -m shardgate.faultproxy``) process,
+optionally inside a network namespace. It waits for the process's ``listening on HOST:PORT``
+line; a restart reuses the port the OS gave the first start, as a restarted server on a real
+host would. Every process runs in its own session so signals reach its whole group, and
+``stop`` (SIGCONT, SIGTERM, then SIGKILL) runs in ``finally`` blocks so nothing outlives a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+import trio
+
+from tests.faults.netns import Host
+
+ROOT = Path(__file__).resolve().parents[2]
+_LISTENING = re.compile(r"(?<!metrics )listening on (\S+):(\d+)")
+_CONTROL = re.compile(r"control on (\S+):(\d+)")
+START_TIMEOUT = 20.0  # seconds; a trio process starts in ~0.5 s, 2 busy cores are slower
+
+
+def _drain(stream: object, sink: list[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        sink.append(line)
+
+
+class Service:
+    """One long-running process: start, kill -9, SIGSTOP/SIGCONT, restart on the same port."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        host: Host | None = None,
+        port: int = 0,
+        module: str = "shardgate",
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)  # without --port: the port is ours to choose
+        self.host = host
+        self.module = module
+        self.port = port
+        self.address_host = host.address if host is not None else "127.0.0.1"
+        self.popen: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self.control: tuple[str, int] | None = None
+        self.paused = False
+
+    def command(self) -> list[str]:
+        argv = [sys.executable, "-m", self.module, *self.argv]
+        if self.module == "shardgate":
+            argv += ["--host", self.address_host, "--port", str(self.port)]
+        else:  # the fault proxy
+            argv += ["--listen", f"{self.address_host}:{self.port}"]
+        return self.host.command(argv) if self.host is not None else argv
+
+    def start(self) -> Service:
+        assert self.popen is None or self.popen.poll() is not None, f"{self.name} is running"
+        self.popen = subprocess.Popen(
+            self.command(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.paused = False
+        assert self.popen.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            line = self.popen.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if m := _CONTROL.search(line):
+                self.control = (m.group(1), int(m.group(2)))
+            if m := _LISTENING.search(line):
+                self.port = int(m.group(2))
+                break
+        else:
+            line = ""
+        self.output.extend(seen)
+        if not self.port or not line:
+            self.kill()
+            raise RuntimeError(f"{self.name} did not start: {self.command()}\n{''.join(seen)}")
+        threading.Thread(target=_drain, args=(self.popen.stdout, self.output), daemon=True).start()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    @property
+    def address(self) -> str:
+        return f"{self.address_host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        assert self.popen is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signum)
+
+    def kill(self) -> None:
+        """kill -9: no goodbye, sockets reset by the kernel."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(10)
+        self.paused = False
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+        self.paused = False
+
+    def restart(self) -> Service:
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        popen = self.popen
+        if popen is None:
+            return
+        if popen.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                popen.wait(5)
+        self.paused = False
+
+    def rss_bytes(self) -> int:
+        fields = Path(f"/proc/{self.pid}/statm").read_text().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used (from /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def client(self, *, timeout: float = 5.0) -> redis.Redis:
+        return redis.Redis(
+            host=self.address_host,
+            port=self.port,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+
+    def send_control(self, line: str) -> str:
+        """One command to a fault proxy's control port (see ``shardgate/faultproxy.py``)."""
+        assert self.control is not None, f"{self.name} has no control port"
+        with socket.create_connection(self.control, timeout=5) as s:
+            s.sendall(line.encode() + b"\n")
+            reply = s.makefile().readline().strip()
+        if not reply.startswith("OK"):
+            raise RuntimeError(f"{self.name}: {line!r} -> {reply!r}")
+        return reply
+
+
+class Services:
+    """Every process of one scenario; all stopped on exit, whatever happened."""
+
+    def __init__(self) -> None:
+        self.all: list[Service] = []
+
+    def add(self, service: Service) -> Service:
+        self.all.append(service)
+        return service.start()
+
+    def stop_all(self) -> None:
+        for service in reversed(self.all):
+            with contextlib.suppress(Exception):
+                service.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.name}\n{''.join(s.output[-30:])}" for s in self.all)
+
+
+@contextlib.contextmanager
+def services() -> Iterator[Services]:
+    group = Services()
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+def fault_proxy(name: str, target: str, *, host: Host | None = None) -> Service:
+    """A fault proxy process forwarding to ``target`` (HOST:PORT), listening beside it."""
+    return Service(name, ["--target", target], host=host, module="shardgate.faultproxy")
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a blocking scenario body in a thread; the caller's ``fail_after`` is its deadline.
+
+    On the deadline the test fails at once and the fixtures kill every process, which ends
+    whatever the abandoned thread was waiting on.
+    """
+    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)

@@ -1,0 +1,98 @@
+"""Scenario 15: a replica that was away while writes went on comes back, resyncs and converges.
+
+Away means frozen (SIGSTOP), cut off by a network-namespace partition (shorter and longer than
+the replica's 10 s link timeout), or frozen while its shard failed over to another replica (the
+hand-made failover a sentinel will make: it must then follow the new primary). In every case,
+after it returns and the workload stops, it holds exactly the primary's keys and TTLs, and the
+clients never noticed it was gone (no failed write on an asynchronous shard).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.faults import netns
+from tests.faults.cluster import Cluster, ShardSpec, dump, sync_stats, wait_until
+from tests.faults.processes import Services, in_thread
+from tests.faults.workload import check, workload
+
+pytestmark = pytest.mark.faults
+
+AWAY = {"paused": 3.0, "partitioned": 3.0, "partitioned-long": 12.0, "paused-failover": 3.0}
+
+
+@pytest.mark.parametrize("how", list(AWAY))
+async def test_returning_replica_resyncs_and_converges(
+    procs: Services, tmp_path: Path, netns_reason: str | None, how: str
+) -> None:
+    if how.startswith("partitioned") and netns_reason is not None:
+        pytest.skip(netns_reason)
+
+    def body(network: netns.Network | None) -> None:
+        cluster = Cluster(
+            procs,
+            [ShardSpec(name="s", replicas=2)],
+            workdir=tmp_path,
+            network=network,
+            proxy_args=["--timeout-ms", "2000"],
+        ).start()
+        shard = cluster.shards["s"]
+        primary, (away, other) = shard.primary, shard.replicas
+        with workload(cluster.proxy_client(timeout=5), writers=3, pace=0.001) as load:
+            time.sleep(1.0)
+            before = sync_stats(primary)
+            if how.startswith("paused"):
+                away.pause()
+            else:
+                assert network is not None and primary.host and away.host
+                network.partition([primary.host], [away.host])
+            time.sleep(AWAY[how])
+            if how == "paused-failover":
+                primary.kill()
+                time.sleep(0.2)
+                cluster.promote("s", other)  # `away` is frozen: it hears nothing of this
+            acked_while_away = load.acked()
+            if how.startswith("paused"):
+                away.resume()
+            else:
+                assert network is not None
+                network.heal()
+            returned = time.monotonic()
+            if how == "paused-failover":
+                # what a sentinel does when a replica it could not reach comes back
+                host, port = other.address.rsplit(":", 1)
+                away.client().execute_command("REPLICAOF", host, port)
+            time.sleep(1.0)
+        new_primary = cluster.shards["s"].primary
+        took = wait_until(
+            lambda: dump(away.client()) == dump(new_primary.client()),
+            30,
+            f"{away.name} converges with {new_primary.name}",
+        )
+        caught_up = time.monotonic() - returned
+        report = check(load.writers, cluster.topology(), cluster.primaries(),
+                       cluster.durability(), reader=load.reader)  # fmt: skip
+        syncs = "" if how == "paused-failover" else (
+            f"; full/partial syncs during the absence: {sync_stats(primary)[0] - before[0]}/"
+            f"{sync_stats(primary)[1] - before[1]}"
+        )  # fmt: skip
+        print(
+            f"scenario 15 ({how} {AWAY[how]:.0f}s, {acked_while_away} acks by then): equal to "
+            f"the primary {caught_up:.2f}s after returning (checked {took:.2f}s after the "
+            f"workload stopped){syncs}; {report.summary()}"
+        )
+        if how != "paused-failover":
+            assert report.failed == 0  # clients never noticed: the proxy only uses primaries
+            assert report.lost_in("async") == 0
+        assert len(dump(away.client())) > 100
+
+    with trio.fail_after(150):
+        if how.startswith("partitioned"):
+            with netns.network() as network:
+                await in_thread(body, network)
+        else:
+            await in_thread(body, None)
