@@ -41,7 +41,7 @@ from bench.markdown import replace_section
 from bench.procstats import cpu_us_per_request, group_cpu_ticks
 from bench.redis_benchmark import BenchmarkError
 from bench.report import MODES, TESTS, Mode, Sample, render, run_size
-from bench.targets import Endpoint, missing_pieces, start_all
+from bench.targets import ENDPOINTS, Endpoint, missing_pieces, start_all
 from shardgate.lab import Lab, group_members
 
 SECTION = "compare"
@@ -194,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", metavar="FILE", help="replace the compare section of FILE")
     parser.add_argument("--dir", default=None, help="directory for logs (default: a temp dir)")
     args = parser.parse_args(argv)
+    known = [key for key, _, _ in ENDPOINTS]
+    wanted = set(args.only.split(",")) if args.only else set(known)
+    if wanted - set(known):
+        parser.error(
+            f"--only: unknown endpoint(s) {','.join(sorted(wanted - set(known)))}; known: {','.join(known)}"
+        )
     rounds = args.rounds or (1 if args.quick else 3)
     scale = 0.1 if args.quick else 1.0
     keys = KEYMEM_KEYS // 10 if args.quick else KEYMEM_KEYS
@@ -213,9 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = None
     with Lab(directory) as lab:  # stops every process on the way out, whatever happens
         endpoints = list(start_all(lab, echo=echo).values())
-        if args.only:
-            wanted = set(args.only.split(","))
-            endpoints = [e for e in endpoints if e.key in wanted]
+        endpoints = [e for e in endpoints if e.key in wanted]
         for e in endpoints:
             where = f"{e.host}:{e.port}" if e.available else f"not available — {e.unavailable}"
             echo(f"bench: ({e.key}) {e.label}: {where}")
