@@ -18,7 +18,8 @@ How it works
   from outside through a line-based control port (``python -m shardgate.faultproxy``):
   ``latency MS [JITTER_MS]``, ``stall on|off``, ``bandwidth BYTES_PER_S|off``, ``slice N|off``,
   ``close-after N|off``, ``refuse on|off``, ``direction up|down|both``, ``reset``, ``clear``,
-  ``status``. Each answers one line: ``OK`` or ``ERR ...`` (``status`` answers the settings).
+  ``status``. Each answers one line: ``OK`` or ``ERR ...`` (``status`` answers the settings);
+  ``python -m shardgate.faultproxy ctl HOST:PORT COMMAND`` sends one from a shell.
 
 Traffic goes only where it is told: the listen and target addresses given on the command line.
 """
@@ -339,10 +340,32 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def send_control(address: tuple[str, int], line: str, *, timeout: float = 5.0) -> str:
+    """Send one control line to a running fault proxy; returns its reply line."""
+    with socket.create_connection(address, timeout=timeout) as s:
+        s.sendall(line.encode() + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            data = s.recv(4096)
+            if not data:
+                break
+            reply += data
+    return reply.decode().strip()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ctl"]:
+        # python -m shardgate.faultproxy ctl HOST:PORT stall on
+        if len(argv) < 3:
+            sys.exit("usage: python -m shardgate.faultproxy ctl CONTROL_HOST:PORT COMMAND [ARGS]")
+        reply = send_control(_address(argv[1]), " ".join(argv[2:]))
+        print(reply)
+        sys.exit(0 if reply.startswith("OK") else 1)
     parser = argparse.ArgumentParser(
         prog="python -m shardgate.faultproxy",
-        description="Forward TCP from --listen to --target with link faults switched at run time.",
+        description="Forward TCP from --listen to --target with link faults switched at run time. "
+        "`python -m shardgate.faultproxy ctl CONTROL_HOST:PORT COMMAND` sends one command.",
     )
     parser.add_argument("--listen", type=_address, default=("127.0.0.1", 0), metavar="HOST:PORT")
     parser.add_argument("--target", type=_address, required=True, metavar="HOST:PORT")

@@ -146,6 +146,8 @@ class Network:
         self.rules: list[tuple[str, str]] = []
         self._namespaces: list[str] = []
         self.octet = 0
+        self.root_link = self.tag.replace("-", "").replace("x", "h")[:15]  # at most 15 chars
+        self._root_link_made = False
 
     def _ip(self, *args: str) -> None:
         result = ip(*args, check=False)
@@ -168,9 +170,10 @@ class Network:
             forward = "/proc/sys/net/ipv4/ip_forward"
             self._ip("netns", "exec", self.router, "sh", "-c", f"echo 1 > {forward}")
             # host 0: the test process's own namespace, reaching only 10.X/16 through the router
-            root_end = self.tag.replace("-", "").replace("x", "h")[:15]
+            root_end = self.root_link
             self._ip("link", "add", "name", root_end, "type", "veth", "peer", "name", "h0",
                      "netns", self.router)  # fmt: skip
+            self._root_link_made = True
             self._ip("-n", self.router, "addr", "add", f"10.{self.octet}.0.1/24", "dev", "h0")
             self._ip("-n", self.router, "link", "set", "h0", "up")
             self._ip("addr", "add", f"10.{self.octet}.0.2/24", "dev", root_end)
@@ -223,8 +226,12 @@ class Network:
             self._ip("-n", self.router, "rule", "del", "from", src, "to", dst, "blackhole")
 
     def close(self) -> None:
-        # deleting a namespace destroys its veths, and so their peers (the root-side one too,
-        # and its route)
+        # the root-side veth first and explicitly: a deleted namespace's veths go away only when
+        # the kernel's deferred namespace cleanup runs, and the next test must not see them
+        if self._root_link_made:
+            ip("link", "del", self.root_link, check=False)
+            self._root_link_made = False
+        # deleting a namespace destroys its veths (and their peers in the router)
         for namespace in reversed(self._namespaces):
             _delete_namespace(namespace)
         self._namespaces.clear()

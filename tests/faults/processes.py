@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,10 @@ from typing import Any
 
 import redis
 import trio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from shardgate import faultproxy
 from tests.faults.netns import Host
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,19 +165,20 @@ class Service:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def client(self, *, timeout: float = 5.0) -> redis.Redis:
+        # no silent retries: the workload records each attempt's outcome exactly, and a retried
+        # INCR could be applied twice
         return redis.Redis(
             host=self.address_host,
             port=self.port,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
         )
 
     def send_control(self, line: str) -> str:
         """One command to a fault proxy's control port (see ``shardgate/faultproxy.py``)."""
         assert self.control is not None, f"{self.name} has no control port"
-        with socket.create_connection(self.control, timeout=5) as s:
-            s.sendall(line.encode() + b"\n")
-            reply = s.makefile().readline().strip()
+        reply = faultproxy.send_control(self.control, line)
         if not reply.startswith("OK"):
             raise RuntimeError(f"{self.name}: {line!r} -> {reply!r}")
         return reply

@@ -250,6 +250,13 @@ async def test_command_line_proxy_with_control_port(nursery: trio.Nursery) -> No
                 assert await round_trip(s, b"slow") >= 0.2
                 await ctl.send_all(b"nonsense\n")
                 assert (await ctl.receive_some(100)).startswith(b"ERR")
+            # the shell way: one command per invocation, exit status 0 on OK
+            ctl_cmd = [sys.executable, "-m", "shardgate.faultproxy", "ctl", lines[0].split()[-1]]
+            done = await trio.run_process([*ctl_cmd, "clear"], cwd=ROOT, capture_stdout=True)
+            assert done.stdout == b"OK\n"
+            bad = await trio.run_process([*ctl_cmd, "stall", "maybe"], cwd=ROOT,
+                                         capture_stdout=True, check=False)  # fmt: skip
+            assert bad.returncode == 1 and bad.stdout.startswith(b"ERR")
     finally:
         process.kill()
         with trio.fail_after(5):

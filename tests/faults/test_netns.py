@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -76,4 +77,5 @@ def test_close_removes_every_namespace_and_the_sweep_spares_live_runs(
     assert not [n for n in netns.namespaces() if n.startswith(net.tag)]
     assert stale in netns.sweep_stale()
     assert stale not in netns.namespaces()
-    assert net.tag.replace("-", "").replace("x", "h") not in netns.ip("link").stdout
+    assert not re.search(rf"\b{net.root_link}[@:]", netns.ip("-o", "link").stdout)
+    assert f"10.{net.octet}." not in netns.ip("route").stdout
