@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sentinel.status import build_status
@@ -27,6 +28,13 @@ _DOWN = {"up": 0, "sdown": 1, "odown": 2}
 
 
 def collect_sentinel(server: SentinelServer) -> Iterable[Metric]:
+    """Runs on prometheus_client's HTTP thread: read the core on the trio thread, never here."""
+    if server.trio_token is None:
+        return []
+    return trio.from_thread.run_sync(_collect, server, trio_token=server.trio_token)
+
+
+def _collect(server: SentinelServer) -> list[Metric]:
     st = build_status(server.core, server.now())
     sid = ["sentinel"]
     me = [st.id]
@@ -44,7 +52,7 @@ def collect_sentinel(server: SentinelServer) -> Iterable[Metric]:
     )
     for s in st.shards:
         down.add_metric([*me, s.name, str(s.primary.address)], _DOWN.get(s.primary.health.value, 1))
-    outcomes: dict[str, int] = {}
+    outcomes: dict[str, int] = {"done": 0}  # always one sample, so alerts can rate() it
     for record in server.core.history:
         outcomes[record.outcome] = outcomes.get(record.outcome, 0) + 1
     failovers = CounterMetricFamily(

@@ -91,6 +91,7 @@ class SentinelServer:
         self.port = config.listen.port
         self.blob = b""
         self._published_epoch = -1
+        self.trio_token: trio.lowlevel.TrioToken | None = None
         self._lock = trio.Lock()
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -106,6 +107,8 @@ class SentinelServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         self.core = SentinelCore(self.config, self._state, now=self.now(), rng=self._rng)
+        # The metrics HTTP thread reads the core through this token, on the trio thread.
+        self.trio_token = trio.lowlevel.current_trio_token()
         self.blob = topology_blob(self.core.topology)
         self._published_epoch = self.core.topology.epoch
         listeners = await trio.open_tcp_listeners(

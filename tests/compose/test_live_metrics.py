@@ -113,6 +113,11 @@ def scraped(
     return out
 
 
+# Families whose samples appear only after something happens elsewhere: a proxy reports its
+# epoch to the sentinels only once proxies follow sentinels (SG.PROXYEPOCH).
+NO_SAMPLES_UNTIL_EVENT = {"shardgate_sentinel_proxy_epoch"}
+
+
 def _expected_kinds() -> set[str]:
     return {"node", "proxy"} | ({"sentinel"} if _sentinels_available() else set())
 
@@ -125,12 +130,6 @@ def test_every_process_answers_its_metrics_scrape(
         pytest.skip(f"no {kind} metrics module yet")
     names = [n for n in scrapes if KIND_OF_ROLE[live_lab.record(n).spec.role] == kind]
     assert names, f"the lab runs no {kind}"
-    if kind == "sentinel" and any(not isinstance(scrapes[n], str) for n in names):
-        # sentinel/metrics.py calls server.now() (trio.current_time()) on prometheus_client's
-        # HTTP thread, outside trio: every scrape answers 500 "must be called from async context".
-        pytest.xfail(
-            "sentinel /metrics answers 500: collect_sentinel reads the trio clock off-thread"
-        )
     failed = {n: str(scrapes[n]) for n in names if not isinstance(scrapes[n], str)}
     assert not failed, failed
     if kind == "node":
@@ -161,6 +160,8 @@ def test_every_metric_the_rules_and_dashboard_use_is_served(
                 *(s for fams in scraped[kind].values() for _, s, _ in fams.values())
             )
             if name not in samples:
+                if name in NO_SAMPLES_UNTIL_EVENT:
+                    continue
                 planned = catalog.documented_metrics()
                 if any(planned.get(f) for f in planned if name.startswith(f)):
                     continue  # documented as planned (docs/metrics.md)
