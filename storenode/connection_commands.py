@@ -197,10 +197,12 @@ def _client(node: Node, s: Session, args: list[bytes]) -> bytes:
             raise syntax_error()
         # Both modes hold writes only: reads on a pausing primary are harmless (docs/node.md).
         node.writes_paused_until = time.monotonic() + ms / 1000
+        node.refresh_gates()
         log_event("writes_paused", ms=ms)
         return b"+OK\r\n"
     if sub == b"unpause" and len(args) == 2:
         node.writes_paused_until = 0.0
+        node.refresh_gates()
         node.on_unpause()
         return b"+OK\r\n"
     if sub in (b"no-evict", b"no-touch") and len(args) == 3:
@@ -317,6 +319,7 @@ def apply_config(node: Node, new: NodeConfig) -> None:
     node.keyspace.maxmemory = new.maxmemory
     node.keyspace.policy = EvictionPolicy(new.maxmemory_policy)
     node.executor.proto_max_bulk_len = new.proto_max_bulk_len
+    node.refresh_gates()
     limits = new.limits
     for session in node.sessions.values():
         session.parser.limits = limits

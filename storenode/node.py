@@ -29,7 +29,7 @@ import attrs
 from shardgate.commands import COMMANDS, CommandSpec
 from shardgate.errors import CommandError, unknown_command, wrong_arity
 from shardgate.metrics import FastHistogram
-from shardgate.resp import encode_error, encode_reply
+from shardgate.resp import OK, OK_BYTES, encode_error, encode_reply
 from storenode import connection_commands, roles
 from storenode.config import NodeConfig
 from storenode.executor import Executor
@@ -147,6 +147,9 @@ class Node:
         self.started_wall = time.time()
         self.used_memory_peak = 0
         self._next_client_id = 1
+        # CLIENT PAUSE ms WRITE: writes wait until this monotonic time (a manual failover).
+        self.writes_paused_until = 0.0
+        self.on_unpause: Callable[[], None] = lambda: None
         self.roles = RoleState(role=Role.UNASSIGNED if config.managed else Role.PRIMARY)
         if config.replicaof:
             self.roles = roles.manual(self.roles, Role.REPLICA, config.replicaof)
@@ -156,10 +159,12 @@ class Node:
             self.ensure_backlog()
         # Called after every role change; the server (re)starts or stops the replica link.
         self.on_role_change: Callable[[], None] = lambda: None
-        # CLIENT PAUSE ms WRITE: writes wait until this monotonic time (a manual failover).
-        self.writes_paused_until = 0.0
-        self.on_unpause: Callable[[], None] = lambda: None
         self.keyspace.on_delete = self._on_keyspace_delete
+        self._latency = self.stats.latency
+        self.write_gate_open = True
+        self.propagating = False
+        self.memory_limited = False
+        self.refresh_gates()
         self._routes: dict[bytes, _Route] = {}
         for spec in COMMANDS.values():
             local = connection_commands.HANDLERS.get(spec.name)
@@ -176,58 +181,80 @@ class Node:
         self._next_client_id += 1
         return cid
 
+    def refresh_gates(self) -> None:
+        """Recompute the booleans the hot path checks, after any change they depend on (role,
+        backlog, pause, config): one attribute read per write instead of a chain of checks."""
+        self.write_gate_open = (
+            self.roles.writable
+            and not self.config.min_replicas_to_write
+            and not self.writes_paused_until
+        )
+        self.propagating = self.repl.backlog is not None and self.roles.role is Role.PRIMARY
+        self.memory_limited = self.keyspace.maxmemory > 0
+
     def execute(self, session: Session, args: list[bytes]) -> bytes | Deferred:
         route = self._routes.get(args[0]) or self._routes.get(args[0].lower())
         if route is None:
             return self._error(unknown_command(args).message)
         argc = len(args)
-        if argc != route.arity and (route.arity >= 0 or argc < -route.arity):
+        arity = route.arity
+        if argc != arity and (arity >= 0 or argc < -arity):
             return self._error(wrong_arity(route.name).message)
         if not session.authenticated and not route.noauth:
             self.stats.error_replies += 1
             return _NOAUTH
         session.last_cmd = route.name
         started = perf_counter_ns()
+        data = route.data
         reply: bytes | Deferred
         try:
-            data = route.data
-            if data is not None:
-                ks = self.keyspace
-                if route.write:
-                    if self.writes_paused_until and monotonic() < self.writes_paused_until:
-                        return PausedWrite(tuple(args))
-                    refusal = self._refuse_write()
-                    if refusal is not None:
-                        return self._error(refusal, route)
-                if route.denyoom and ks.maxmemory and not ks.evict_if_needed():
+            if data is None:
+                reply = route.local(self, session, args)  # type: ignore[misc]
+            else:
+                write = route.write
+                if write and not self.write_gate_open:
+                    held = self._gate(route, args)
+                    if held is not None:
+                        return held
+                if route.denyoom and self.memory_limited and not self.keyspace.evict_if_needed():
                     return self._error(_OOM_TEXT, route)
                 now_ms = time_ns() // 1_000_000
                 value = data(args, now_ms)
-                if (
-                    route.write
-                    and self.repl.backlog is not None
-                    and self.roles.role is Role.PRIMARY
-                ):
+                if write and self.propagating:
                     self._propagate(route, args, now_ms)
-                if value.__class__ is bytes:  # GET and friends: skip the generic encoder
-                    reply = b"$%d\r\n%b\r\n" % (len(value), value)
+                cls = value.__class__
+                if cls is bytes:  # GET and friends: skip the generic encoder
+                    reply = b"$%d\r\n%b\r\n" % (len(value), value)  # type: ignore[arg-type,str-format]
+                elif value is OK:
+                    reply = OK_BYTES
+                elif cls is int:
+                    reply = b":%d\r\n" % value  # type: ignore[str-format]
                 else:
                     reply = encode_reply(value, session.resp3)
-            else:
-                reply = route.local(self, session, args)  # type: ignore[misc]
         except CommandError as exc:
             return self._error(exc.message, route)
         elapsed = perf_counter_ns() - started
-        stats = self.stats
-        stats.commands_processed += 1
+        self.stats.commands_processed += 1
         counters = route.counters
         counters.calls += 1
         counters.usec += elapsed / 1000
         # FastHistogram.observe inlined: this runs for every command.
-        latency = stats.latency
+        latency = self._latency
         latency.counts[bisect_left(latency.bounds_ns, elapsed)] += 1
         latency.total += elapsed / 1e9
         return reply
+
+    def _gate(self, route: _Route, args: list[bytes]) -> bytes | Deferred | None:
+        """The slow path of a write: paused, refused, or allowed after all."""
+        if self.writes_paused_until:
+            if monotonic() < self.writes_paused_until:
+                return PausedWrite(tuple(args))
+            self.writes_paused_until = 0.0
+            self.refresh_gates()
+        refusal = self._refuse_write()
+        if refusal is not None:
+            return self._error(refusal, route)
+        return None
 
     # --- replication ----------------------------------------------------------------------
 
@@ -281,12 +308,14 @@ class Node:
         repl = self.repl
         if repl.backlog is None:
             repl.backlog = ReplicationBacklog(self.config.repl_backlog_size, repl.offset)
+            self.refresh_gates()
         return repl.backlog
 
     def set_roles(self, state: RoleState) -> None:
         """Adopt a new role state; a promotion keeps the history for partial resyncs."""
         old = self.roles
         self.roles = state
+        self.refresh_gates()
         if state.role is not old.role or state.primary != old.primary:
             repl = self.repl
             if state.role is Role.PRIMARY and old.role is not Role.PRIMARY:

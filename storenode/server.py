@@ -124,6 +124,7 @@ class NodeServer:
                 await self._unpaused.wait()
         if node.writes_paused_until and time.monotonic() >= node.writes_paused_until:
             node.writes_paused_until = 0.0
+            node.refresh_gates()
         reply = node.execute(session, list(paused.args))
         assert isinstance(reply, bytes)  # a write resolves to bytes once unpaused
         return reply
