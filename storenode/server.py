@@ -37,6 +37,7 @@ from shardgate.resp import ProtocolError, encode_error
 from storenode.config import NodeConfig
 from storenode.node import Node
 from storenode.node_types import Deferred, PausedWrite, ServeReplica, WaitForAcks
+from storenode.reactor import Reactor
 from storenode.repl_primary import AckBoard, request_acks, serve_replica
 from storenode.repl_replica import run_replica_link
 from storenode.roles import Role
@@ -63,6 +64,7 @@ class NodeServer:
         self.bound: tuple[str, int] | None = None
         self.acks = AckBoard()
         self._nursery: trio.Nursery | None = None
+        self._reactor: Reactor | None = None
         self._link_target: str | None = None
         self._link_scope: trio.CancelScope | None = None
         self._replica_scopes: dict[int, trio.CancelScope] = {}
@@ -150,6 +152,8 @@ class NodeServer:
             self.node.port = port
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._reactor = Reactor(self.node, nursery, self._client_task)
+                nursery.start_soon(self._reactor.run)
                 nursery.start_soon(self._expire_loop)
                 self.node.on_role_change = self._role_changed
                 self._role_changed()
@@ -161,44 +165,74 @@ class NodeServer:
                     nursery.start_soon(self._client, raw, addr)
 
     async def _client(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        session = self._new_session(sock, addr)
+        if session is None:
+            sock.close()
+        elif self._reactor is not None and not self.node.config.sync_replicas:
+            self._reactor.add(sock, session)  # the reactor owns the socket from here
+        else:
+            await self._client_task(sock, session, [], None)
+
+    def _new_session(self, sock: socket.socket, addr: tuple[str, int]) -> Session | None:
         node = self.node
         cfg = node.config
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        node.stats.connections_received += 1
+        if len(node.sessions) >= cfg.maxclients:
+            node.stats.rejected_connections += 1
+            try:
+                sock.send(_MAXCLIENTS)
+            except OSError:
+                pass
+            return None
+        local = sock.getsockname()
+        session = Session(
+            client_id=node.new_client_id(),
+            addr=f"{addr[0]}:{addr[1]}",
+            laddr=f"{local[0]}:{local[1]}",
+            fd=sock.fileno(),
+            now=time.time(),
+            limits=cfg.limits,
+            needs_auth=bool(cfg.requirepass),
+        )
+        node.sessions[session.id] = session
+        return session
+
+    async def _client_task(
+        self, sock: socket.socket, session: Session, out: list[bytes], deferred: Deferred | None
+    ) -> None:
+        """A client with a task of its own (from the start, or handed over by the reactor with
+        the replies it already had and the command that must wait)."""
+        node = self.node
         with sock:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            node.stats.connections_received += 1
-            if len(node.sessions) >= cfg.maxclients:
-                node.stats.rejected_connections += 1
-                try:
-                    sock.send(_MAXCLIENTS)
-                except OSError:
-                    pass
-                return
-            local = sock.getsockname()
-            session = Session(
-                client_id=node.new_client_id(),
-                addr=f"{addr[0]}:{addr[1]}",
-                laddr=f"{local[0]}:{local[1]}",
-                fd=sock.fileno(),
-                now=time.time(),
-                limits=cfg.limits,
-                needs_auth=bool(cfg.requirepass),
-            )
-            node.sessions[session.id] = session
             scope = trio.CancelScope()
             session.kill = scope.cancel
             try:
                 with scope:
-                    await self._client_loop(sock, session)
+                    if deferred is not None:
+                        if isinstance(deferred, ServeReplica):
+                            await self._flush(sock, session, out, sum(map(len, out)), [])
+                            await self._serve_replica(sock, session, deferred)
+                            return
+                        if isinstance(deferred, PausedWrite):
+                            await self._flush(sock, session, out, sum(map(len, out)), [])
+                            out = [await self._after_pause(session, deferred)]
+                        else:
+                            out.append(await self._resolve(deferred))
+                        await self._flush(sock, session, out, sum(map(len, out)), [])
+                    await self._client_loop(sock, session, drain_first=deferred is not None)
             except ClientGone:
                 pass
             except OSError as exc:  # the one place a connection's OSError is handled
                 if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
                     log_event("client_error", level="warn", client=session.addr, error=str(exc))
             finally:
-                del node.sessions[session.id]
+                node.sessions.pop(session.id, None)
 
-    async def _client_loop(self, sock: socket.socket, session: Session) -> None:
+    async def _client_loop(
+        self, sock: socket.socket, session: Session, *, drain_first: bool = False
+    ) -> None:
         node = self.node
         stats = node.stats
         parser = session.parser
@@ -207,14 +241,18 @@ class NodeServer:
         wait_readable = trio.lowlevel.wait_readable
         unblocked_batches = 0
         while True:
-            try:
-                data = recv(RECV_SIZE)
-            except BlockingIOError:
-                unblocked_batches = 0
-                await wait_readable(sock)
-                continue
-            if not data:
-                return
+            if drain_first:
+                data = b""  # commands already buffered by the parser come first
+                drain_first = False
+            else:
+                try:
+                    data = recv(RECV_SIZE)
+                except BlockingIOError:
+                    unblocked_batches = 0
+                    await wait_readable(sock)
+                    continue
+                if not data:
+                    return
             stats.net_input_bytes += len(data)
             session.last_interaction = time.time()
             out: list[bytes] = []
@@ -327,6 +365,8 @@ class NodeServer:
         while True:
             period = 1.0 / self.node.config.hz
             await trio.sleep(period)
+            if self._reactor is not None:
+                self._reactor.check_stalls()
             if perf() >= next_freeze:
                 # A full cyclic-GC pass over a million key records takes ~90 ms. Records never
                 # form cycles, so move everything that survived so far out of the collector's
