@@ -21,9 +21,10 @@ import redis
 
 from shardgate.topology import NodeAddress, Shard, SlotRange, Topology
 from tests.faults.netns import Host, Network
-from tests.faults.processes import Service, Services, fault_proxy
+from tests.faults.processes import Service, Services, fault_proxy, free_port
 
 SLOTS = 16384
+SENTINEL_PORT = 26379  # Redis Sentinel's; used inside a namespace, which has its own ports
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -114,6 +115,9 @@ class Cluster:
         proxies: int = 1,
         proxy_args: Sequence[str] = (),
         proxy_hosts: Sequence[Host | None] = (),
+        sentinels: int = 0,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 10000,
     ) -> None:
         self.services = services
         self.specs = list(specs)
@@ -126,6 +130,10 @@ class Cluster:
         self.proxies: list[Service] = []
         self.epoch = 1
         self.config = workdir / "cluster.toml"
+        self.sentinel_count = sentinels
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.sentinels: list[Service] = []
 
     def _host(self, name: str) -> Host | None:
         return self.network.add_host(name) if self.network is not None else None
@@ -158,12 +166,75 @@ class Cluster:
             for replica in shard.replicas:
                 wait_until(partial(link_up, replica), 15, f"{replica.name} linked")
         self.write_config()
+        if self.sentinel_count:
+            self._start_sentinels()
         for i in range(self.proxy_count):  # 0: a replication-only scenario
             argv = ["proxy", "--config", str(self.config), *self.proxy_args]
+            if self.sentinels:
+                # the file's topology (epoch 1) until the sentinels' newer one arrives
+                argv += ["--sentinels", ",".join(s.address for s in self.sentinels)]
             self.proxies.append(
                 self.services.add(Service(f"proxy{i}", argv, host=self.proxy_hosts[i]))
             )
         return self
+
+    def _start_sentinels(self) -> None:
+        """Sentinels watching every shard; each in its own namespace when there is a network."""
+        hosts = [self._host(f"sentinel{i}") for i in range(self.sentinel_count)]
+        # a namespace has its own port space: the Redis Sentinel port everywhere; on loopback
+        # each needs a free one, known before any starts (they are each other's peers)
+        ports = [SENTINEL_PORT if h is not None else free_port() for h in hosts]
+        addresses = [f"{h.address if h else '127.0.0.1'}:{p}" for h, p in zip(hosts, ports)]
+        for i, host in enumerate(hosts):
+            path = self.workdir / f"sentinel{i}.toml"
+            path.write_text(self._sentinel_toml(i, addresses))
+            argv = ["sentinel", "run", "--config", str(path)]
+            service = Service(f"sentinel{i}", argv, host=host, port=ports[i], listen_args=False)
+            self.sentinels.append(self.services.add(service))
+
+    def _sentinel_toml(self, index: int, addresses: list[str]) -> str:
+        lines = [
+            f'id = "sentinel{index}"',
+            f'listen = "{addresses[index]}"',
+            f"quorum = {len(addresses) // 2 + 1}",
+            f"down_after_ms = {self.down_after_ms}",
+            f"failover_timeout_ms = {self.failover_timeout_ms}",
+            f'state_file = "{self.workdir / f"sentinel{index}.state"}"',
+        ]
+        for i, address in enumerate(addresses):
+            if i != index:
+                lines += ["", "[[peers]]", f'id = "sentinel{i}"', f'address = "{address}"']
+        for name, shard in self.shards.items():
+            lines += ["", "[[shards]]", f'name = "{name}"', f'primary = "{shard.primary.address}"']
+            lines.append("replicas = [" + ", ".join(f'"{r.address}"' for r in shard.replicas) + "]")
+            lines.append(f'slots = ["{shard.slots}"]')
+        return "\n".join(lines) + "\n"
+
+    def sentinel_primary(self, shard: str) -> str | None:
+        """The shard's primary as the first sentinel that answers sees it (HOST:PORT)."""
+        for sentinel in self.sentinels:
+            if not sentinel.running or sentinel.paused:
+                continue
+            with contextlib.suppress(redis.RedisError):
+                reply = sentinel.client(timeout=1).execute_command(
+                    "SENTINEL", "get-master-addr-by-name", shard
+                )
+                if reply:
+                    return f"{reply[0].decode()}:{int(reply[1])}"
+        return None
+
+    def wait_failover(self, shard_name: str, timeout: float = 30.0) -> Service:
+        """Wait until the sentinels name another primary; adopt it as the shard's primary."""
+        shard = self.shards[shard_name]
+        old = shard.primary
+        wait_until(lambda: self.sentinel_primary(shard_name) not in (None, old.address),
+                   timeout, f"failover of {shard_name}")  # fmt: skip
+        address = self.sentinel_primary(shard_name)
+        new = next(n for n in shard.nodes if n.address == address)
+        shard.replicas.remove(new)
+        shard.replicas.append(old)
+        shard.primary = new
+        return new
 
     def topology(self) -> Topology:
         return Topology(

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,8 +52,10 @@ class Service:
         host: Host | None = None,
         port: int = 0,
         module: str = "shardgate",
+        listen_args: bool = True,
     ) -> None:
         self.name = name
+        self.listen_args = listen_args  # False: the address is in its config file (sentinels)
         self.argv = list(argv)  # without --port: the port is ours to choose
         self.host = host
         self.module = module
@@ -65,7 +68,9 @@ class Service:
 
     def command(self) -> list[str]:
         argv = [sys.executable, "-m", self.module, *self.argv]
-        if self.module == "shardgate":
+        if not self.listen_args:
+            pass
+        elif self.module == "shardgate":
             argv += ["--host", self.address_host, "--port", str(self.port)]
         else:  # the fault proxy
             argv += ["--listen", f"{self.address_host}:{self.port}"]
@@ -210,6 +215,13 @@ def services() -> Iterator[Services]:
         yield group
     finally:
         group.stop_all()
+
+
+def free_port() -> int:
+    """A port the OS says is free on loopback now (for configs that must name it up front)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def fault_proxy(name: str, target: str, *, host: Host | None = None) -> Service:

@@ -17,6 +17,10 @@ from tests.faults.processes import Services, in_thread
 
 TIMEOUT_MS = 300
 PHASE_S = 1.5
+# The fast shard must not inherit the slow one's latency (80 ms and more a request). Its exact
+# p99 is printed, not asserted: on a shared 2-core machine the baseline alone moves by
+# milliseconds between runs (timing is the bench's job, docs/performance.md).
+FAST_P99_LIMIT_S = 0.03
 
 
 async def test_slow_backend_only_slows_its_own_shard(procs: Services, tmp_path: Path) -> None:
@@ -62,16 +66,14 @@ async def test_slow_backend_only_slows_its_own_shard(procs: Services, tmp_path: 
             }
             return fast_ok, [s.result for s in slow.samples], [s.took for s in slow.samples]
 
-        base_fast, base_slow, _ = phase("baseline", None)
+        _, base_slow, _ = phase("baseline", None)
         assert all(v == b"s" for v in base_slow)
 
         # 40 ms each way: an 80 ms round trip, well under the 300 ms timeout: late, never an error
         fast_ok, slow_results, slow_took = phase("latency 40 ms", "latency 40 5")
         assert all(v == b"s" for v in slow_results), slow_results[:3]
         assert min(slow_took) >= 0.08 and max(slow_took) < TIMEOUT_MS / 1000
-        assert percentile(fast_ok, 99) <= max(
-            1.2 * percentile(base_fast, 99), percentile(base_fast, 99) + 0.002
-        )
+        assert percentile(fast_ok, 99) < FAST_P99_LIMIT_S, percentile(fast_ok, 99)
 
         # 250 ms each way: past the timeout. Every request ends in an error by timeout + 100 ms.
         fast_ok, slow_results, slow_took = phase("latency 250 ms", "latency 250")
@@ -80,9 +82,7 @@ async def test_slow_backend_only_slows_its_own_shard(procs: Services, tmp_path: 
                    for v in slow_results)  # fmt: skip
         assert max(slow_took) <= TIMEOUT_MS / 1000 + 0.1, max(slow_took)
         assert any("timeout" in str(v) for v in slow_results)
-        assert percentile(fast_ok, 99) <= max(
-            1.2 * percentile(base_fast, 99), percentile(base_fast, 99) + 0.002
-        )
+        assert percentile(fast_ok, 99) < FAST_P99_LIMIT_S, percentile(fast_ok, 99)
 
         link.send_control("clear")
         took = wait_until(lambda: r.get(slow_key) == b"s", 10, "slow shard back")
