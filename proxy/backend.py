@@ -45,6 +45,7 @@ class BackendConn:
     __slots__ = (
         "_expired",
         "_lost",
+        "_napping",
         "_reader_task",
         "_writer_task",
         "address",
@@ -58,8 +59,11 @@ class BackendConn:
         "latency",
         "max_queue",
         "on_flush",
+        "on_readonly",
+        "on_stale",
         "password",
         "requests",
+        "role",
         "scope",
         "timeout",
         "timeout_error",
@@ -82,6 +86,9 @@ class BackendConn:
         epoch: int,
         latency: FastHistogram,
         on_flush: Callable[[list[Any]], None],
+        role: bytes = b"primary",
+        on_stale: Callable[[str], None] | None = None,
+        on_readonly: Callable[[Any, Pending, bytes], bool] | None = None,
     ) -> None:
         self.address = address
         self.label = label
@@ -90,6 +97,10 @@ class BackendConn:
         self.password = password
         self.epoch = epoch  # announced to shardgate nodes with SG.FENCE on every connection
         self.fencing: bool | None = None  # None until a handshake shows whether SG.FENCE exists
+        self.role = role  # b"primary" | b"replica": what our topology says this node is
+        self.on_stale = on_stale  # a -STALE reply: the proxy refreshes its topology
+        # A -READONLY reply to a request that may be retried: True when the proxy took it over.
+        self.on_readonly = on_readonly
         self.latency = latency
         self.on_flush = on_flush  # flushes the clients a batch of replies touched
         self.health = Health(fail_after=fail_after, interval=reconnect_interval)
@@ -100,6 +111,7 @@ class BackendConn:
         self._lost: str | None = None
         self._writer_task: trio.lowlevel.Task | None = None
         self._reader_task: trio.lowlevel.Task | None = None
+        self._napping: trio.CancelScope | None = None  # the wait between connection attempts
         self.scope: trio.CancelScope | None = None
         self.requests = 0
         self.errors = 0
@@ -132,16 +144,24 @@ class BackendConn:
         return len(self.waiters)
 
     def fence_request(self) -> bytes:
-        """SG.FENCE: tell a shardgate node our topology epoch and that it is our primary."""
-        return encode_command([b"SG.FENCE", b"%d" % self.epoch, b"primary"])
+        """SG.FENCE: tell a shardgate node our topology epoch and the role it has in it."""
+        return encode_command([b"SG.FENCE", b"%d" % self.epoch, self.role])
 
-    def announce_epoch(self, epoch: int) -> None:
-        """After a reload to a newer epoch: fence again on the live connection."""
+    def announce_epoch(self, epoch: int, role: bytes | None = None) -> None:
+        """After adopting a newer epoch: fence again on the live connection, with the role the
+        node has in the new topology."""
+        if role is not None:
+            self.role = role
         if epoch <= self.epoch:
             return
         self.epoch = epoch
+        if not self.up and self._napping is not None:
+            # Refused (-STALE) or down under the old topology: the new epoch may be accepted,
+            # so try at once instead of waiting out the reconnect interval.
+            self.health.last_attempt = None
+            self._napping.cancel()
         if self.fencing and self.up:
-            sink = _FenceSink(self.label, epoch)
+            sink = _FenceSink(self.label, epoch, self.on_stale)
             sink.pending = Pending(sink, trio.current_time(), trio.current_time() + self.timeout)
             self.submit(sink.pending, 0, self.fence_request())
 
@@ -156,7 +176,9 @@ class BackendConn:
                 now = trio.current_time()
                 wait = self.health.next_attempt_at() - now
                 if wait > 0:
-                    await trio.sleep(wait)
+                    with trio.CancelScope(deadline=now + wait) as self._napping:
+                        await trio.sleep_forever()
+                    self._napping = None
                     now = trio.current_time()
                 self.health.attempt(now)
                 sock = None
@@ -256,6 +278,8 @@ class BackendConn:
             elif fence_reply == b"+OK\r\n":
                 self.fencing = True
             for reply in replies:
+                if reply.startswith(b"-STALE") and self.on_stale is not None:
+                    self.on_stale(f"{self.label} answered {reply[1:-2].decode('utf-8', 'replace')}")
                 if reply[:1] == b"-":
                     # -STALE n: the node has seen a newer topology than ours; sending it
                     # traffic routed by an older one is what fencing exists to prevent.
@@ -363,6 +387,14 @@ class BackendConn:
                 pending, part = waiters.popleft()
                 if self._expired:
                     self._expired -= 1
+                elif (
+                    kind == 45
+                    and pending.retry is not None
+                    and buf.startswith(b"-READONLY", pos)
+                    and self.on_readonly is not None
+                    and self.on_readonly(self, pending, buf[pos:end])
+                ):
+                    pass  # the proxy retries it once a newer topology routes it elsewhere
                 elif pending.complete(part, buf[pos:end] if (pos or end != n) else buf):
                     observe(now - pending.started)
                     owner: Any = pending.owner
@@ -416,9 +448,10 @@ class BackendConn:
 class _FenceSink:
     """The owner of an SG.FENCE sent on a live connection: logs a refusal, nothing else."""
 
-    def __init__(self, label: str, epoch: int) -> None:
+    def __init__(self, label: str, epoch: int, on_stale: Callable[[str], None] | None) -> None:
         self.label = label
         self.epoch = epoch
+        self.on_stale = on_stale
         self.touched = False
         self.pending: Pending | None = None
         self.queue: tuple[()] = ()  # what the proxy's flush scheduling looks at
@@ -430,6 +463,8 @@ class _FenceSink:
             log_event(
                 "fence_refused", "warn", backend=self.label, epoch=self.epoch, reply=reply[1:-2]
             )
+            if reply.startswith(b"-STALE") and self.on_stale is not None:
+                self.on_stale(f"{self.label} answered {reply[1:-2].decode('utf-8', 'replace')}")
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:

@@ -12,6 +12,7 @@ import sys
 import trio
 
 from proxy.config import ProxyConfig
+from proxy.replicas import ReadFrom
 from shardgate.config import ConfigError
 from shardgate.logs import configure, log_event
 from shardgate.topology import NodeAddress, TopologyError
@@ -35,6 +36,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout-ms", type=int, default=1000, help="per-request timeout (1000)")
     p.add_argument("--backend-connections", type=int, default=1, help="connections per node (1)")
     p.add_argument("--maxclients", type=int, default=10000, help="client limit (10000)")
+    p.add_argument(
+        "--sentinels",
+        metavar="HOST:PORT,...",
+        help="follow these sentinels' topology (SG.TOPOLOGY + subscription)",
+    )
+    p.add_argument("--sentinel-password", metavar="PW", help="password for the sentinels")
+    p.add_argument("--name", help="name reported to the sentinels (default host:port)")
+    p.add_argument(
+        "--read-from",
+        choices=[m.value for m in ReadFrom],
+        help="where read-only commands go (default: the cluster file's, else primary)",
+    )
+    p.add_argument(
+        "--max-replica-lag-ms",
+        type=int,
+        help="skip replicas further behind than this (default 1000; 0 = no limit)",
+    )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -44,6 +62,9 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
     backends: tuple[NodeAddress, ...] = ()
     if args.backends:
         backends = tuple(NodeAddress.parse(b) for b in args.backends.split(",") if b.strip())
+    sentinels: tuple[NodeAddress, ...] = ()
+    if args.sentinels:
+        sentinels = tuple(NodeAddress.parse(b) for b in args.sentinels.split(",") if b.strip())
     return ProxyConfig(
         host=args.host,
         port=args.port,
@@ -58,6 +79,11 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         connections_per_backend=args.backend_connections,
         max_clients=args.maxclients,
         reuse_port=args.reuse_port or args.workers > 1,
+        sentinels=sentinels,
+        sentinel_password=args.sentinel_password,
+        name=args.name,
+        read_from=ReadFrom(args.read_from) if args.read_from else None,
+        max_replica_lag_ms=args.max_replica_lag_ms,
     )
 
 
@@ -65,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     configure(role="proxy", fmt=args.log_format)
     try:
         config = build_config(args)
-        config.load_topology()  # fail early with a clear message
+        config.load_settings()  # fail early with a clear message
     except (ConfigError, TopologyError) as exc:
         print(f"shardgate proxy: {exc}", file=sys.stderr)
         return 2
@@ -101,11 +127,17 @@ def _worker_argv(args: argparse.Namespace, index: int) -> list[str]:
         ("--backend-connections", args.backend_connections),
         ("--maxclients", args.maxclients),
         ("--log-format", args.log_format),
+        ("--sentinels", args.sentinels),
+        ("--sentinel-password", args.sentinel_password),
+        ("--read-from", args.read_from),
+        ("--max-replica-lag-ms", args.max_replica_lag_ms),
     ):
         if value is not None:
             argv += [flag, str(value)]
     if args.metrics_port is not None:
         argv += ["--metrics-port", str(args.metrics_port + index)]  # one port per worker
+    # Each worker reports to the sentinels under its own name: they route independently.
+    argv += ["--name", f"{args.name or f'{args.host}:{args.port}'}#{index}"]
     return [*argv, "--workers", "1", "--reuse-port"]
 
 

@@ -20,7 +20,7 @@ import trio
 
 from proxy.local import NOAUTH, Action, LocalContext, Session, execute
 from proxy.ordering import Pending, ReplyQueue
-from proxy.router import Local, Reject, Split
+from proxy.router import Local, Reject, Split, is_readonly
 from shardgate.resp import ProtocolError, RequestParser
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ class ClientConn:
         now = trio.current_time()
         deadline = now + proxy.config.timeout
         encode = proxy.encode
+        reads = proxy.reads
+        retry = proxy.follower is not None
         while (args := parser.next_command()) is not None:
             name = args[0]
             counts[name] = counts.get(name, 0) + 1
@@ -146,15 +148,29 @@ class ClientConn:
                 decision = router.route(args)
             if type(decision) is int:
                 conn = conns[decision]
+                if (
+                    reads is not None
+                    and (plan := reads[decision]) is not None
+                    and is_readonly(name)
+                ):
+                    picked = plan.pick()
+                    if picked is None:
+                        queue.append(Pending.done(self, plan.no_replica))
+                        stats.refused += 1
+                        continue
+                    conn = picked
                 if conn.up and len(conn.waiters) < conn.max_queue:
                     pending = Pending(self, now, deadline)
                     queue.append(pending)
-                    conn.submit(pending, 0, encode(args))
+                    request = encode(args)
+                    if retry:
+                        pending.retry = request  # kept for one retry after a -READONLY
+                    conn.submit(pending, 0, request)
                 else:
                     queue.append(Pending.done(self, conn.refusal() or conn.down_error))
                     stats.refused += 1
             elif type(decision) is Split:
-                self._split(decision, now, deadline)
+                self._split(decision, now, deadline, name)
             elif type(decision) is Local:
                 self._local(args, decision)
                 if self.closing:
@@ -164,18 +180,29 @@ class ClientConn:
                 stats.rejected += 1
                 queue.append(Pending.done(self, decision.reply))
 
-    def _split(self, decision: Split, now: float, deadline: float) -> None:
+    def _split(self, decision: Split, now: float, deadline: float, name: bytes) -> None:
         conns = self.proxy.shard_conns
+        reads = self.proxy.reads if is_readonly(name) else None
+        targets = []
         for shard, _ in decision.parts:
-            refusal = conns[shard].refusal()
+            conn = conns[shard]
+            if reads is not None and (plan := reads[shard]) is not None:
+                picked = plan.pick()
+                if picked is None:
+                    self.queue.append(Pending.done(self, plan.no_replica))
+                    self.proxy.stats.refused += 1
+                    return
+                conn = picked
+            refusal = conn.refusal()
             if refusal is not None:  # all or nothing: never a partial success
                 self.queue.append(Pending.done(self, refusal))
                 self.proxy.stats.refused += 1
                 return
+            targets.append(conn)
         pending = Pending(self, now, deadline, len(decision.parts), decision.merge)
         self.queue.append(pending)
-        for index, (shard, request) in enumerate(decision.parts):
-            conns[shard].submit(pending, index, request)
+        for index, (conn, (_, request)) in enumerate(zip(targets, decision.parts)):
+            conn.submit(pending, index, request)
 
     def _local(self, args: list[bytes], decision: Local) -> None:
         proxy = self.proxy

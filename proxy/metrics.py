@@ -34,10 +34,16 @@ class ProxyStats:
         "latency",
         "noauth",
         "protocol_errors",
+        "read_totals",
         "refused",
         "rejected",
         "reloads_failed",
         "reloads_ok",
+        "stale_replies",
+        "topologies_adopted",
+        "topologies_ignored",
+        "write_retries",
+        "write_retries_failed",
     )
 
     def __init__(self) -> None:
@@ -52,6 +58,13 @@ class ProxyStats:
         self.rejected = 0  # CROSSSLOT, unsupported, arity
         self.reloads_ok = 0
         self.reloads_failed = 0
+        self.topologies_adopted = 0
+        self.topologies_ignored = 0  # not a higher epoch (replays, the same one from each sentinel)
+        self.stale_replies = 0  # -STALE from a node: it has seen a newer epoch than ours
+        self.write_retries = 0  # -READONLY writes sent again to a newer primary
+        self.write_retries_failed = 0  # ... answered with the error instead
+        # shard name → [replica reads, primary fallbacks, refused], from replaced read plans
+        self.read_totals: dict[str, list[int]] = {}
 
     def commands_by_name(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -96,6 +109,71 @@ def collect(proxy: Proxy) -> Iterable[Metric]:
     yield GaugeMetricFamily(
         p + "topology_epoch", "Epoch of the topology in force", value=proxy.router.epoch
     )
+    topo = CounterMetricFamily(
+        p + "topologies", "Topologies offered (sentinels, file)", labels=["result"]
+    )
+    topo.add_metric(["adopted"], stats.topologies_adopted)
+    topo.add_metric(["ignored"], stats.topologies_ignored)
+    yield topo
+    yield CounterMetricFamily(
+        p + "stale_replies", "-STALE answers from nodes (each asks for a refresh)",
+        value=stats.stale_replies,
+    )  # fmt: skip
+    retries = CounterMetricFamily(
+        p + "write_retries", "Writes refused with -READONLY by a superseded primary",
+        labels=["result"],
+    )  # fmt: skip
+    retries.add_metric(["retried"], stats.write_retries)
+    retries.add_metric(["failed"], stats.write_retries_failed)
+    yield retries
+    follower = proxy.follower
+    if follower is not None:
+        sup = GaugeMetricFamily(
+            p + "sentinel_up", "1 while subscribed to the sentinel", labels=["sentinel"]
+        )
+        sep = GaugeMetricFamily(
+            p + "sentinel_epoch", "Topology epoch the sentinel last showed", labels=["sentinel"]
+        )
+        for link in follower.links:
+            sup.add_metric([str(link.address)], 1 if link.subscribed else 0)
+            sep.add_metric([str(link.address)], link.epoch)
+        yield sup
+        yield sep
+        ref = CounterMetricFamily(
+            p + "topology_refreshes", "Immediate topology fetches asked for", labels=["reason"]
+        )
+        for reason, count in sorted(follower.refreshes.items()):
+            ref.add_metric([reason], count)
+        yield ref
+    reads = CounterMetricFamily(
+        p + "replica_reads", "Read-only commands by where they went (replica reads)",
+        labels=["shard", "result"],
+    )  # fmt: skip
+    for name, (served, fallback, refused) in sorted(proxy.read_counters().items()):
+        reads.add_metric([name, "replica"], served)
+        reads.add_metric([name, "primary_fallback"], fallback)
+        reads.add_metric([name, "refused"], refused)
+    yield reads
+    lag = GaugeMetricFamily(
+        p + "replica_lag_seconds", "Replica staleness bound measured by the proxy",
+        labels=["shard", "replica"],
+    )  # fmt: skip
+    eligible = GaugeMetricFamily(
+        p + "replica_eligible", "1 when reads may go to the replica (0: skipped)",
+        labels=["shard", "replica"],
+    )  # fmt: skip
+    now = proxy.now()
+    for plan in proxy.reads or ():
+        if plan is None:
+            continue
+        for addr in plan.lag.replicas:
+            value = plan.lag.lag(addr, now)
+            lv = [plan.name, str(addr)]
+            lag.add_metric(lv, float("inf") if value is None else value)
+            ok = any(c is plan.replica_conns[addr] for c in plan.candidates)
+            eligible.add_metric(lv, 1 if ok else 0)
+    yield lag
+    yield eligible
     labels = ["backend", "shard"]
     inflight = GaugeMetricFamily(
         p + "backend_inflight", "Requests in flight per backend", labels=labels

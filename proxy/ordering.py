@@ -22,7 +22,7 @@ from collections.abc import Callable
 class Pending:
     """One client request in flight. ``owner`` is opaque here (the shell's client object)."""
 
-    __slots__ = ("deadline", "merge", "owner", "parts", "remaining", "reply", "started")
+    __slots__ = ("deadline", "merge", "owner", "parts", "remaining", "reply", "retry", "started")
 
     def __init__(
         self,
@@ -39,6 +39,9 @@ class Pending:
         self.remaining = nparts
         self.merge = merge
         self.parts: list[bytes] | None = [b""] * nparts if merge is not None else None
+        # The encoded request while it may still be retried once (a write refused with
+        # -READONLY by a superseded primary was not applied); None otherwise.
+        self.retry: bytes | None = None
 
     @classmethod
     def done(cls, owner: object, reply: bytes) -> Pending:

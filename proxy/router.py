@@ -203,6 +203,46 @@ class Router:
         )
 
 
+# Wire name → may this command be served by a replica (command table flag ``readonly``)?
+_READONLY: dict[bytes, bool] = {}
+
+
+def is_readonly(name: bytes) -> bool:
+    try:
+        return _READONLY[name]
+    except KeyError:
+        pass
+    spec = lookup(name)
+    ok = spec is not None and "readonly" in spec.flags and spec.route is not Route.SCAN
+    if len(_READONLY) < 4096:
+        _READONLY[name] = ok
+    return ok
+
+
+NO_TOPOLOGY = b"-CLUSTERDOWN no topology yet: waiting for the sentinels\r\n"
+
+
+class Unrouted:
+    """The router before any topology is known (a proxy following sentinels that has not heard
+    from one yet): the proxy answers its own commands, everything else gets ``NO_TOPOLOGY``
+    rather than a guess."""
+
+    __slots__ = ()
+    topology = None
+    epoch = 0
+    nshards = 0
+
+    def route(self, args: list[bytes]) -> Decision:
+        spec = lookup(args[0])
+        if spec is None:
+            return unsupported(args[0])
+        if spec.route is Route.LOCAL:
+            if not spec.arity_ok(len(args)):
+                return Reject(wrong_arity(spec.name).reply)
+            return Local(spec)
+        return Reject(NO_TOPOLOGY)
+
+
 def keyslot_reply(key: bytes) -> bytes:
     """CLUSTER KEYSLOT's reply: the slot as an integer."""
     slot = slot_for_key(key)

@@ -9,6 +9,14 @@ How it works
 - Reload (SIGHUP or CONFIG RELOAD): read and validate the file; on error keep the old topology,
   log, count a failed reload. Otherwise start connections to new addresses, swap, and retire the
   connections no shard uses any more: they stop after answering what they have in flight.
+- With sentinels (``proxy/sentinels.py``) a topology from any sentinel goes through ``adopt``:
+  only a strictly higher epoch is taken, and it is swapped in exactly like a reload. Every
+  backend connection then announces the new epoch with the role the node has in it.
+- A ``-STALE`` from a node, or a ``-READONLY`` answer of a superseded primary to a write, asks
+  the sentinels for the topology at once. Such a write was not applied, so it is kept (not
+  answered) for up to the timeout and sent once more as soon as a newer topology routes it to
+  another node; otherwise the client gets the ``-READONLY`` error.
+- Read-only commands of shards that read from replicas go where ``proxy/reads.py`` says.
 """
 
 from __future__ import annotations
@@ -29,37 +37,76 @@ import trio
 from proxy import metrics
 from proxy.backend import BackendConn
 from proxy.client import ClientConn
-from proxy.config import ProxyConfig
+from proxy.config import ClusterSettings, ProxyConfig
 from proxy.ordering import Pending
-from proxy.router import Router
+from proxy.reads import ReplicaMonitor, ShardReads
+from proxy.replicas import ReadFrom
+from proxy.router import Router, Unrouted
+from proxy.sentinels import SentinelFollower
 from shardgate.config import ConfigError
 from shardgate.logs import log_event
 from shardgate.metrics import FastHistogram, serve_metrics
 from shardgate.resp import OK_BYTES, encode_error
-from shardgate.topology import NodeAddress, Topology
+from shardgate.topology import NodeAddress, Shard, Topology
 
 START_TIME = time.time()
 LISTEN_BACKLOG = 511  # Redis's tcp-backlog default
 
 
+@attrs.define
+class _Retry:
+    """A write a superseded primary refused (-READONLY): not applied, so sent once more."""
+
+    pending: Pending
+    request: bytes
+    refused_by: BackendConn
+    reply: bytes
+    give_up_at: float
+
+
 class Proxy:
-    def __init__(self, config: ProxyConfig, topology: Topology, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, config: ProxyConfig, settings: ClusterSettings, nursery: trio.Nursery
+    ) -> None:
         self.config = config
+        self.settings = settings
         self.nursery = nursery
         self.stats = metrics.ProxyStats()
-        self.router = Router(topology)
+        self.router: Router | Unrouted = Unrouted()
         self.conns: dict[NodeAddress, list[BackendConn]] = {}
         self.shard_conns: list[BackendConn] = []
+        # Per shard, its replica read plan (None: reads go to the primary); None when no shard
+        # reads from replicas, so the hot path pays one check.
+        self.reads: list[ShardReads | None] | None = None
         self.next_client_id = 0
         self.reload_lock = trio.Lock()
         self.encode = _pack
         self._dirty: list[ClientConn] = []
         self._flusher: trio.lowlevel.Task | None = None
+        self.monitor = ReplicaMonitor(
+            nursery,
+            password=config.backend_password,
+            timeout=config.timeout,
+            on_period=self._refresh_reads,
+        )
+        self.follower: SentinelFollower | None = None
+        if settings.sentinels:
+            self.follower = SentinelFollower(
+                settings.sentinels,
+                password=settings.sentinel_password,
+                name=config.proxy_name,
+                timeout=config.timeout,
+                adopt=self.adopt,
+                current_epoch=lambda: self.router.epoch,
+            )
+        self._clock = trio.lowlevel.current_clock()
+        self._retries: list[_Retry] = []
+        self._retry_wake = trio.Event()
 
     # -- backends -------------------------------------------------------------------------------
 
     def _new_conn(
-        self, addr: NodeAddress, index: int, latency: FastHistogram, epoch: int
+        self, addr: NodeAddress, index: int, latency: FastHistogram, epoch: int, role: bytes
     ) -> BackendConn:
         c = self.config
         label = str(addr) if c.connections_per_backend == 1 else f"{addr}#{index}"
@@ -74,20 +121,41 @@ class Proxy:
             epoch=epoch,
             latency=latency,
             on_flush=self._defer_flush,
+            role=role,
+            on_stale=self._on_stale,
+            on_readonly=self._on_readonly if self.follower is not None else None,
         )
 
+    def _replica_shards(self, topology: Topology) -> list[Shard]:
+        """The shards whose reads may go to replicas (and that have replicas)."""
+        return [
+            s
+            for s in topology.shards
+            if s.replicas and self.settings.read_mode(s.name) is not ReadFrom.PRIMARY
+        ]
+
     async def _open_backends(self, topology: Topology) -> None:
-        """Start connections for every primary not connected yet; wait for first attempts."""
-        new = [s.primary for s in topology.shards if s.primary not in self.conns]
+        """Start connections for every node not connected yet. The first attempt of each new
+        primary is awaited (it is what writes need at once); replicas connect in the
+        background, so an unreachable replica never delays a swap."""
+        primaries = {s.primary for s in topology.shards}
+        wanted = [s.primary for s in topology.shards]
+        wanted += [a for s in self._replica_shards(topology) for a in s.replicas]
         async with trio.open_nursery() as starter:
-            for addr in new:
+            for addr in wanted:
+                if addr in self.conns:
+                    continue
+                role = b"primary" if addr in primaries else b"replica"
                 conns = [
-                    self._new_conn(addr, i, self.stats.latency, topology.epoch)
+                    self._new_conn(addr, i, self.stats.latency, topology.epoch, role)
                     for i in range(self.config.connections_per_backend)
                 ]
                 self.conns[addr] = conns
                 for conn in conns:
-                    starter.start_soon(self.nursery.start, conn.run)
+                    if addr in primaries:
+                        starter.start_soon(self.nursery.start, conn.run)
+                    else:
+                        self.nursery.start_soon(conn.run)
 
     def _swap(self, topology: Topology) -> None:
         router = Router(topology)
@@ -96,15 +164,162 @@ class Proxy:
             self.conns[s.primary][i % len(self.conns[s.primary])]
             for i, s in enumerate(topology.shards)
         ]
-        self.router, self.shard_conns = router, shard_conns
-        for conns in self.conns.values():
+        replica_shards = self._replica_shards(topology)
+        reads = self._read_plans(topology, shard_conns, replica_shards)
+        self._fold_read_counters()
+        self.router, self.shard_conns, self.reads = router, shard_conns, reads
+        primaries = {s.primary for s in topology.shards}
+        for addr, conns in self.conns.items():
+            role = b"primary" if addr in primaries else b"replica"
             for conn in conns:
-                conn.announce_epoch(topology.epoch)
-        keep = {s.primary for s in topology.shards}
+                conn.announce_epoch(topology.epoch, role)
+        keep = primaries | {a for s in replica_shards for a in s.replicas}
         for addr in [a for a in self.conns if a not in keep]:
             for conn in self.conns.pop(addr):
                 conn.retire()  # its task ends once what it has in flight is answered
                 log_event("backend_retired", backend=conn.label, inflight=conn.inflight)
+        self.monitor.sync(replica_shards)
+        self._resubmit_retries()
+
+    # -- replica reads --------------------------------------------------------------------------
+
+    def _read_plans(
+        self, topology: Topology, shard_conns: list[BackendConn], replica_shards: list[Shard]
+    ) -> list[ShardReads | None] | None:
+        if not replica_shards:
+            return None
+        now = trio.current_time()
+        wanted = set(replica_shards)
+        plans: list[ShardReads | None] = []
+        for i, shard in enumerate(topology.shards):
+            if shard not in wanted:
+                plans.append(None)
+                continue
+            plan = ShardReads(
+                shard,
+                self.settings.read_mode(shard.name),
+                shard_conns[i],
+                {a: self.conns[a][i % len(self.conns[a])] for a in shard.replicas},
+                self.monitor.lag_for(shard),
+                self.settings.max_replica_lag_ms / 1000,
+            )
+            plan.refresh(now)
+            plans.append(plan)
+        return plans
+
+    def _refresh_reads(self, now: float) -> None:
+        for plan in self.reads or ():
+            if plan is not None:
+                plan.refresh(now)
+
+    def _fold_read_counters(self) -> None:
+        """Keep replica-read counters across swaps (they live in the per-topology plans)."""
+        totals = self.stats.read_totals
+        for plan in self.reads or ():
+            if plan is not None:
+                t = totals.setdefault(plan.name, [0, 0, 0])
+                t[0] += plan.replica_reads
+                t[1] += plan.fallbacks
+                t[2] += plan.refused
+
+    def read_counters(self) -> dict[str, list[int]]:
+        """Shard name → [replica reads, primary fallbacks, refused], since start."""
+        out = {k: list(v) for k, v in self.stats.read_totals.items()}
+        for plan in self.reads or ():
+            if plan is not None:
+                t = out.setdefault(plan.name, [0, 0, 0])
+                t[0] += plan.replica_reads
+                t[1] += plan.fallbacks
+                t[2] += plan.refused
+        return out
+
+    # -- following the sentinels ----------------------------------------------------------------
+
+    async def adopt(self, topology: Topology, source: str) -> bool:
+        """Take ``topology`` if its epoch is strictly higher than ours; swapped like a reload."""
+        async with self.reload_lock:
+            current = self.router.topology
+            if current is not None and not topology.supersedes(current):
+                self.stats.topologies_ignored += 1
+                if topology.epoch < current.epoch:
+                    log_event(
+                        "topology_ignored", epoch=topology.epoch, current=current.epoch,
+                        source=source,
+                    )  # fmt: skip
+                return False
+            await self._open_backends(topology)
+            self._swap(topology)
+            self.stats.topologies_adopted += 1
+            log_event(
+                "topology_adopted", epoch=topology.epoch, shards=len(topology.shards),
+                source=source,
+            )  # fmt: skip
+            return True
+
+    def _on_stale(self, reason: str) -> None:
+        self.stats.stale_replies += 1
+        if self.follower is not None:
+            self.follower.refresh(f"stale: {reason}")
+
+    def _on_readonly(self, conn: BackendConn, pending: Pending, reply: bytes) -> bool:
+        """A -READONLY answer to a retryable request: True when we keep it for one retry."""
+        request = pending.retry
+        if request is None or self.follower is None:
+            return False
+        pending.retry = None  # once
+        now = trio.current_time()
+        self._retries.append(_Retry(pending, request, conn, reply, now + self.config.timeout))
+        self.follower.refresh("readonly")
+        self._resubmit_retries()
+        return True
+
+    def _resubmit_retries(self) -> None:
+        """Send each kept write to the primary the current topology names, if that is another
+        node than the one that refused it; answer it with its -READONLY when time is up."""
+        if not self._retries:
+            return
+        now = trio.current_time()
+        keep: list[_Retry] = []
+        reader = hiredis.Reader()
+        for r in self._retries:
+            reader.feed(r.request)
+            args = reader.gets()
+            decision = self.router.route(args) if isinstance(args, list) else None
+            target = self.shard_conns[decision] if type(decision) is int else None
+            if target is None:
+                self._answer_retry(r, r.reply)
+            elif target is r.refused_by:
+                if now < r.give_up_at:
+                    keep.append(r)
+                else:
+                    self._answer_retry(r, r.reply)
+            elif (refusal := target.refusal()) is not None:
+                self._answer_retry(r, refusal)
+            else:
+                self.stats.write_retries += 1
+                r.pending.started = now
+                r.pending.deadline = now + self.config.timeout
+                target.submit(r.pending, 0, r.request)
+        self._retries = keep
+        if keep:
+            self._retry_wake.set()
+
+    def _answer_retry(self, r: _Retry, reply: bytes) -> None:
+        self.stats.write_retries_failed += 1
+        if r.pending.fail(reply):
+            owner: Any = r.pending.owner
+            if not owner.touched:
+                owner.touched = True
+                self._defer_flush([owner])
+
+    async def _retry_timer(self) -> None:
+        """Answers kept writes whose time is up (resubmission happens on adoption)."""
+        while True:
+            await self._retry_wake.wait()
+            self._retry_wake = trio.Event()
+            while self._retries:
+                await trio.sleep_until(min(r.give_up_at for r in self._retries))
+                self._resubmit_retries()
 
     # -- writing replies ------------------------------------------------------------------------
 
@@ -141,7 +356,11 @@ class Proxy:
                 _flush(client)
 
     def backend_list(self) -> Iterable[tuple[BackendConn, str]]:
-        names = {s.primary: s.name for s in self.router.topology.shards}
+        topology = self.router.topology
+        names: dict[NodeAddress, str] = {}
+        for s in topology.shards if topology is not None else ():
+            names[s.primary] = s.name
+            names.update((r, s.name) for r in s.replicas)
         for addr, conns in list(self.conns.items()):
             for conn in conns:
                 yield conn, names.get(addr, "")
@@ -149,14 +368,24 @@ class Proxy:
     # -- reload ---------------------------------------------------------------------------------
 
     async def reload(self) -> tuple[bool, str]:
+        if self.follower is not None:
+            # The sentinels own the topology: a reload asks them instead of the file.
+            self.follower.refresh("reload")
+            self.stats.reloads_ok += 1
+            log_event("reload_from_sentinels", epoch=self.router.epoch)
+            return True, "refreshing from the sentinels"
         async with self.reload_lock:
             current = self.router.topology
             try:
-                topology = self.config.load_topology()
+                topology = self.config.load_settings().topology
+                if topology is None:
+                    raise ConfigError("the file has no [[shards]]")
             except ConfigError as exc:
                 self.stats.reloads_failed += 1
                 log_event("reload_failed", "error", reason=str(exc))
                 return False, str(exc)
+            if current is None:
+                current = topology
             if topology == current:
                 self.stats.reloads_ok += 1
                 log_event("reload_unchanged", epoch=current.epoch)
@@ -231,15 +460,51 @@ class Proxy:
     def wall_time(self) -> float:
         return time.time()
 
+    def now(self) -> float:
+        """trio's clock, readable from the metrics thread too."""
+        try:
+            return trio.current_time()
+        except RuntimeError:  # not on the trio thread
+            return self._clock.current_time()
+
     def info_sections(self) -> dict[str, dict[str, object]]:
         s = self.stats
         topo = self.router.topology
+        shards = topo.shards if topo is not None else ()
         backends: dict[str, object] = {}
         for i, (conn, shard) in enumerate(self.backend_list()):
             backends[f"backend{i}"] = (
                 f"addr={conn.label},shard={shard},state={conn.health.state.value},"
                 f"inflight={conn.inflight},requests={conn.requests},errors={conn.errors},"
-                f"timeouts={conn.timeouts},last_error={conn.health.last_error.replace(' ', '_')}"
+                f"timeouts={conn.timeouts},last_error={conn.health.last_error.replace(' ', '_')},"
+                f"role={conn.role.decode()}"
+            )
+        sentinels: dict[str, object] = {}
+        if self.follower is not None:
+            for i, link in enumerate(self.follower.links):
+                sentinels[f"sentinel{i}"] = (
+                    f"addr={link.address},subscribed={int(link.subscribed)},"
+                    f"commands={int(link.commands_up)},epoch={link.epoch},"
+                    f"last_error={link.last_error.replace(' ', '_')}"
+                )
+            sentinels["proxy_name"] = self.config.proxy_name
+            sentinels["epoch_reports"] = self.follower.reports
+        replicas: dict[str, object] = {}
+        now = self.now()
+        for plan in self.reads or ():
+            if plan is None:
+                continue
+            for j, addr in enumerate(plan.lag.replicas):
+                lag = plan.lag.lag(addr, now)
+                eligible = any(c is plan.replica_conns[addr] for c in plan.candidates)
+                replicas[f"{plan.name}_replica{j}"] = (
+                    f"addr={addr},mode={plan.mode.value},"
+                    f"lag_ms={'unknown' if lag is None else round(lag * 1000)},"
+                    f"eligible={int(eligible)}"
+                )
+        for name, (served, fallback, refused) in sorted(self.read_counters().items()):
+            replicas[f"{name}_reads"] = (
+                f"replica={served},primary_fallback={fallback},refused={refused}"
             )
         return {
             "Server": {
@@ -262,17 +527,25 @@ class Proxy:
                 "rejected_commands": s.rejected,
                 "reloads_ok": s.reloads_ok,
                 "reloads_failed": s.reloads_failed,
+                "topologies_adopted": s.topologies_adopted,
+                "topologies_ignored": s.topologies_ignored,
+                "stale_replies": s.stale_replies,
+                "write_retries": s.write_retries,
+                "write_retries_failed": s.write_retries_failed,
             },
             "Topology": {
-                "epoch": topo.epoch,
-                "shards": len(topo.shards),
+                "epoch": self.router.epoch,
+                "shards": len(shards),
                 **{
                     f"shard{i}": f"name={sh.name},primary={sh.primary},slots="
                     + "/".join(str(r) for r in sh.slots)
-                    for i, sh in enumerate(topo.shards)
+                    + (",replicas=" + "/".join(str(r) for r in sh.replicas) if sh.replicas else "")
+                    for i, sh in enumerate(shards)
                 },
             },
             "Backends": backends,
+            "Sentinels": sentinels,
+            "Replicas": replicas,
         }
 
 
@@ -313,13 +586,23 @@ async def serve(
     config: ProxyConfig, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the proxy until cancelled; reports the (host, port) it listens on."""
-    topology = config.load_topology()
+    settings = config.load_settings()
     lsock = listen_socket(config)
     with lsock:
         async with trio.open_nursery() as nursery:
-            proxy = Proxy(config, topology, nursery)
-            await proxy._open_backends(topology)
-            proxy._swap(topology)
+            proxy = Proxy(config, settings, nursery)
+            if settings.topology is not None:
+                await proxy.adopt(settings.topology, config.config_path or "--backends")
+            if proxy.follower is not None:
+                # Highest epoch of the sentinels that answer within the timeout; the rest are
+                # followed by their subscriptions once they come up.
+                found = await proxy.follower.fetch_all()
+                if found is not None:
+                    await proxy.adopt(found, "sentinels (start)")
+                await nursery.start(proxy.follower.run)
+                if proxy.router.topology is None:
+                    log_event("no_topology_yet", "warn", sentinels=len(settings.sentinels))
+            nursery.start_soon(proxy._retry_timer)
             if config.metrics_port is not None:
                 try:
                     port = serve_metrics(
@@ -335,6 +618,7 @@ async def serve(
             nursery.start_soon(proxy.accept_loop, lsock)
             host, port = lsock.getsockname()[:2]
             log_event(
-                "listening", host=host, port=port, epoch=topology.epoch, shards=len(topology.shards)
-            )
+                "listening", host=host, port=port, epoch=proxy.router.epoch,
+                shards=proxy.router.nshards,
+            )  # fmt: skip
             task_status.started((host, port))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgpack
 
 from shardgate.config import ConfigError, check_keys, load_toml
 from shardgate.slots import SLOTS
@@ -232,6 +233,32 @@ class Topology:
             lines.append("replicas = [" + ", ".join(f'"{r}"' for r in s.replicas) + "]")
             lines.append("slots = [" + ", ".join(f'"{r}"' for r in s.slots) + "]")
         return "\n".join(lines) + "\n"
+
+
+# A topology with many slot ranges is a few KB on the wire; 1 MB is the sentinels' message cap.
+MAX_WIRE_BYTES = 1024 * 1024
+
+
+def topology_to_wire(topology: Topology) -> bytes:
+    """The msgpack form sentinels publish (``SG.TOPOLOGY``, channel ``shardgate.topology``)."""
+    out: bytes = msgpack.packb(topology.to_dict(), use_bin_type=True)
+    return out
+
+
+def topology_from_wire(blob: bytes) -> Topology:
+    """Decode ``topology_to_wire``'s bytes; garbage raises ``TopologyError``, never anything else."""
+    if not isinstance(blob, bytes | bytearray) or len(blob) > MAX_WIRE_BYTES:
+        raise TopologyError("topology: expected at most 1 MB of msgpack bytes")
+    try:
+        data = msgpack.unpackb(blob, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise TopologyError(f"topology: not msgpack: {exc}") from None
+    if not isinstance(data, dict):
+        raise TopologyError("topology: expected a map")
+    try:
+        return Topology.from_dict(data, where="topology")
+    except (ValueError, TypeError) as exc:  # ConfigError is a ValueError
+        raise TopologyError(str(exc)) from None
 
 
 def load_topology(path: str | Path) -> Topology:
