@@ -25,7 +25,7 @@ from shardgate.resp import ProtocolError, RequestLimits, RequestParser, encode_c
 from storenode.node import Node
 from storenode.rawio import connect as raw_connect
 from storenode.rawio import recv_some, send_all
-from storenode.replication import ACK_INTERVAL, encoded_length
+from storenode.replication import ACK_INTERVAL
 
 LINK_TIMEOUT = 10.0
 BACKOFF_MIN = 0.1
@@ -167,8 +167,9 @@ async def _apply_stream(
                 acker.now.set()
                 continue
             _apply(node, args, now_ms)
-            repl.offset += encoded_length(args)
-            backlog.append(encode_command(args))
+            raw = encode_command(args)  # the primary's exact bytes: both use the canonical form
+            repl.offset += len(raw)
+            backlog.append(raw)
         with trio.fail_after(LINK_TIMEOUT):
             data = await recv_some(sock)
         if not data:
