@@ -15,6 +15,8 @@ How it works
 
 from __future__ import annotations
 
+import abc
+
 import attrs
 
 from sentinel.actions import Action, Log, NodeReport, PersistState, PublishTopology
@@ -32,7 +34,7 @@ from shardgate.topology import NodeAddress, Shard, Topology
 MAX_PROXIES = 1024
 
 
-class Leading:
+class Leading(abc.ABC):
     """The failover-leading half of ``SentinelCore`` (which provides the state below)."""
 
     id: str
@@ -49,20 +51,25 @@ class Leading:
     history: list[FailoverRecord]
     proxy_epochs: dict[str, tuple[int, int]]  # proxy → (epoch it runs, when it said so)
 
+    @abc.abstractmethod
     def _persist(self) -> PersistState:
-        raise NotImplementedError
+        """Provided by ``SentinelCore``."""
 
+    @abc.abstractmethod
     def _adopt(self, topology: Topology, now: int, *, source: str) -> list[Action]:
-        raise NotImplementedError
+        """Provided by ``SentinelCore``."""
 
+    @abc.abstractmethod
     def _broadcast(self, msg: Message) -> list[Action]:
-        raise NotImplementedError
+        """Provided by ``SentinelCore``."""
 
+    @abc.abstractmethod
     def shard(self, name: str) -> Shard | None:
-        raise NotImplementedError
+        """Provided by ``SentinelCore``."""
 
+    @abc.abstractmethod
     def quorum_status(self, now: int) -> QuorumStatus:
-        raise NotImplementedError
+        """Provided by ``SentinelCore``."""
 
     def _electing(self) -> bool:
         return any(f.step is Step.WAIT_START for f in self.failovers.values())
