@@ -1,9 +1,10 @@
 """Render the Grafana dashboard's panels from real data during a drill, as one PNG.
 
-How it works: start a local lab (``shardgate.lab``: 3 shards x (primary + replica) and a proxy,
-small maxmemory so eviction shows), start a real Prometheus (Debian's ``prometheus`` binary)
+How it works: start a local lab (``shardgate.lab``: the default cluster, 3 shards x (primary +
+replica) and 2 proxies, with ``--sentinels`` its 3 sentinels too; small maxmemory so eviction
+shows), start a real Prometheus (Debian's ``prometheus`` binary)
 scraping every process every second with ``compose/prometheus/alerts.yml`` loaded, put a steady
-read/write load on the proxy, SIGKILL a primary, start it again, then ask Prometheus for every
+read/write load on each proxy, SIGKILL a primary, start it again, then ask Prometheus for every
 panel query of ``compose/grafana/dashboards/shardgate.json`` over the run (``query_range``, the
 same PromQL Grafana sends, ``$__rate_interval`` set to 5 s) and plot each panel with matplotlib.
 Vertical lines mark the drill's events. Everything started is stopped on the way out.
@@ -12,8 +13,9 @@ Vertical lines mark the drill's events. Everything started is stopped on the way
     .venv/bin/pip install matplotlib      # one-off: only this script uses it
     .venv/bin/python compose/render_dashboard.py --out docs/observability-drill.png
 
-``--sentinels`` also starts three sentinels (sentinel metrics and failover); until proxies follow
-the sentinels (issue 5), a failed-over shard stays unreachable through the proxy.
+``--sentinels`` runs the lab's sentinels (managed nodes, proxies following them): the drill is
+then a failover, and the restarted old primary rejoins as a replica. Without it the lab is static
+and the killed primary's shard is unreachable until it is back.
 """
 
 from __future__ import annotations
@@ -41,12 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shardgate.lab import Lab, LabConfig, free_ports, up  # noqa: E402
-from shardgate.lab_config import (  # noqa: E402
-    Endpoint,
-    plan_sentinels,
-    prometheus_targets,
-    shard_rows,
-)
+from shardgate.lab_config import Endpoint, prometheus_targets  # noqa: E402
 
 DASHBOARD = ROOT / "compose" / "grafana" / "dashboards" / "shardgate.json"
 ALERTS = ROOT / "compose" / "prometheus" / "alerts.yml"
@@ -285,48 +282,39 @@ def main(argv: list[str] | None = None) -> int:
             directory=str(workdir / "lab"),
             shards=3,
             replicas=1,
+            sentinels=3 if args.sentinels else 0,
+            proxies=2,
             base_port=0,
             maxmemory="2mb",  # small, so the load makes the nodes evict within the run
             maxmemory_policy="allkeys-lru",
         )
-        with up(config, die_with_parent=True, timeout=60) as lab:
-            if args.sentinels:
-                nodes = [r.spec for r in lab.records.values() if r.spec.role != "proxy"]
-                ports = free_ports(6)
-                specs, files = plan_sentinels(
-                    shard_rows(nodes),
-                    ports=ports[:3],
-                    metrics_ports=ports[3:],
-                    directory=config.directory,
-                )
-                for name, text in files.items():
-                    (Path(config.directory) / name).write_text(text)
-                for spec in specs:
-                    lab.start(spec, die_with_parent=True)
-                lab.wait_ready([s.name for s in specs], timeout=60)
-            with prometheus(workdir, lab) as base:
-                host, port = lab.address("proxy")
-                events: list[tuple[float, str]] = []
-                start = time.time()
-                with Load(host, port) as load:
-                    time.sleep(args.warmup)
-                    events.append((time.time(), f"kill -9 {args.victim}"))
-                    lab.kill(args.victim)
-                    print(f"killed {args.victim}", flush=True)
-                    time.sleep(args.down)
-                    lab.restart(args.victim)
-                    events.append((time.time(), f"restart {args.victim}"))
-                    print(f"restarted {args.victim}", flush=True)
-                    time.sleep(args.after)
-                end = time.time()
-                time.sleep(2)  # let the last scrapes land
-                print(f"load: {load.ok} ok, {load.errors} errors", flush=True)
-                title = (
-                    "shardgate dashboard, rendered from a real lab (3 shards x primary + replica, "
-                    f"1 proxy{', 3 sentinels' if args.sentinels else ''}): "
-                    f"SIGKILL {args.victim}, restart after {args.down:g} s"
-                )
-                plot(dashboard, base, start, end, events, Path(args.out), title)
+        with up(config, die_with_parent=True, timeout=60) as lab, prometheus(workdir, lab) as base:
+            events: list[tuple[float, str]] = []
+            start = time.time()
+            with contextlib.ExitStack() as loads:
+                load = [
+                    loads.enter_context(Load(*lab.address(p), rate=200.0))
+                    for p in ("proxy0", "proxy1")
+                ]
+                time.sleep(args.warmup)
+                events.append((time.time(), f"kill -9 {args.victim}"))
+                lab.kill(args.victim)
+                print(f"killed {args.victim}", flush=True)
+                time.sleep(args.down)
+                lab.restart(args.victim)
+                events.append((time.time(), f"restart {args.victim}"))
+                print(f"restarted {args.victim}", flush=True)
+                time.sleep(args.after)
+            end = time.time()
+            time.sleep(2)  # let the last scrapes land
+            ok, errors = sum(x.ok for x in load), sum(x.errors for x in load)
+            print(f"load: {ok} ok, {errors} errors", flush=True)
+            title = (
+                "shardgate dashboard, rendered from a real lab (3 shards x primary + replica, "
+                f"2 proxies{', 3 sentinels' if args.sentinels else ''}): "
+                f"SIGKILL {args.victim}, restart after {args.down:g} s"
+            )
+            plot(dashboard, base, start, end, events, Path(args.out), title)
     print(f"wrote {args.out}")
     return 0
 

@@ -1,20 +1,24 @@
 """The local lab: run a planned cluster of real processes on one machine, and supervise them.
 
 How it works
-- ``shardgate.lab_plan`` computes the processes and files (pure); ``up`` checks every port,
-  writes the files and starts the processes: nodes, then sentinels, then the proxy, each group
-  waited for before the next.
+- ``shardgate.lab_plan`` computes the processes and files (pure, from ``shardgate.lab_config``,
+  which also renders ``compose/config``); ``up`` checks every port, writes the files and starts
+  the processes in three steps, each waited for before the next: the store nodes answer PING;
+  the sentinels and proxies answer PING; then the cluster has **settled**: every ``--managed``
+  node holds the role a sentinel assigned it (replicas with their link up), and every proxy
+  holds a topology (with sentinels, the one it fetched from them). Only then does ``up`` return,
+  so a client of ``lab up`` can write at once.
 - ``Lab`` supervises: each process starts in its own session, so its process group holds
   anything it forks (proxy workers), with stdout and stderr appended to a log in the lab
   directory. ``state.json`` records each process's spec, pid and the kernel's start time of that
   pid; a pid whose start time no longer matches belongs to someone else and is never signalled.
   Signals go to the whole process group.
-- Ready means a RESP ``PING`` answered ``+PONG`` before a deadline. A process that exits first or
-  misses the deadline fails ``up`` with the tail of its log, after everything started is stopped.
+- A process that exits early or misses a deadline fails ``up`` with the tail of its log, after
+  everything started is stopped.
 
 Nothing here imports a role: roles are started as ``python -m shardgate node|proxy|sentinel``
 processes. The planning and probing names are re-exported, so ``shardgate.lab`` is the one
-import tests, the bench and the compose renderer need.
+import tests and the bench need.
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ from typing import Any
 import attrs
 import hiredis
 
+from shardgate.lab_config import TARGETS_FILE, LabTopology, render
 from shardgate.lab_plan import (
     CLUSTER_FILE,
     METRICS_PORT_OFFSET,
     NODE_KINDS,
     NODE_PORT_OFFSET,
-    NUTCRACKER_FILE,
     PROXY_KINDS,
     SENTINEL_DOWN_AFTER_MS,
     SENTINEL_FAILOVER_TIMEOUT_MS,
@@ -55,11 +59,11 @@ from shardgate.lab_plan import (
     node_argv,
     node_name,
     nutcracker_argv,
+    nutcracker_file,
     nutcracker_yaml,
     plan_lab,
     ports_needed,
     proxy_argv,
-    sentinel_toml,
     slot_ranges,
 )
 from shardgate.lab_procs import (
@@ -83,17 +87,18 @@ __all__ = [
     "METRICS_PORT_OFFSET",
     "NODE_KINDS",
     "NODE_PORT_OFFSET",
-    "NUTCRACKER_FILE",
     "PROXY_KINDS",
     "SENTINEL_DOWN_AFTER_MS",
     "SENTINEL_FAILOVER_TIMEOUT_MS",
     "SENTINEL_PORT_OFFSET",
     "SLOTS",
     "STATE_FILE",
+    "TARGETS_FILE",
     "Lab",
     "LabConfig",
     "LabError",
     "LabPlan",
+    "LabTopology",
     "NodeKind",
     "ProcStat",
     "ProcessRecord",
@@ -105,10 +110,12 @@ __all__ = [
     "cluster_toml",
     "free_ports",
     "group_members",
+    "info_fields",
     "log_tail",
     "node_argv",
     "node_name",
     "nutcracker_argv",
+    "nutcracker_file",
     "nutcracker_yaml",
     "parse_proc_stat",
     "ping",
@@ -117,8 +124,8 @@ __all__ = [
     "ports_needed",
     "proxy_argv",
     "read_proc_stat",
+    "render",
     "resp_request",
-    "sentinel_toml",
     "slot_ranges",
     "up",
 ]
@@ -199,15 +206,43 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
-def _role_from_info(info: bytes) -> Role | None:
-    for line in info.splitlines():
-        if line.startswith(b"role:"):
-            value = line[5:].strip()
-            if value in (b"master", b"primary"):
-                return "primary"
-            if value in (b"slave", b"replica"):
-                return "replica"
+def info_fields(host: str, port: int, section: str, *, timeout: float = 0.3) -> dict[str, str]:
+    """``INFO section`` as a dict (empty when the process does not answer)."""
+    try:
+        info = resp_request(host, port, "INFO", section, timeout=timeout)
+    except (OSError, hiredis.ProtocolError):
+        return {}
+    if not isinstance(info, bytes):
+        return {}
+    out = {}
+    for line in info.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not key.startswith("#"):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _role_from_info(info: dict[str, str]) -> Role | None:
+    value = info.get("role")
+    if value in ("master", "primary"):
+        return "primary"
+    if value in ("slave", "replica"):
+        return "replica"
     return None
+
+
+def settled(spec: ProcessSpec, *, managed: bool) -> bool:
+    """Ready for clients beyond answering PING: a managed node holds its assigned role (a
+    replica with its link up), a shardgate proxy holds a topology."""
+    if spec.role in ("primary", "replica") and managed:
+        info = info_fields(spec.host, spec.port, "replication")
+        if info.get("shardgate_role") not in ("primary", "replica"):
+            return False
+        return info.get("role") != "slave" or info.get("master_link_status") == "up"
+    if spec.role == "proxy" and "shardgate" in spec.argv:
+        shards = info_fields(spec.host, spec.port, "topology").get("shards", "0")
+        return shards.isdigit() and int(shards) > 0
+    return True
 
 
 class Lab:
@@ -285,10 +320,7 @@ class Lab:
             role: str = spec.role
             state = "dead" if st is None else ("paused" if st.state in "Tt" else "running")
             if probe_roles and state == "running" and role in ("primary", "replica"):
-                with contextlib.suppress(OSError, hiredis.ProtocolError):
-                    info = resp_request(spec.host, spec.port, "INFO", "replication", timeout=0.3)
-                    if isinstance(info, bytes):
-                        role = _role_from_info(info) or role
+                role = _role_from_info(info_fields(spec.host, spec.port, "replication")) or role
             rows.append(
                 ProcessStatus(
                     name=spec.name,
@@ -343,6 +375,23 @@ class Lab:
 
     def wait_ready(self, names: Iterable[str], *, timeout: float = DEFAULT_READY_TIMEOUT) -> None:
         """Wait until each named process answers PING; raise ``LabError`` with its log if not."""
+        self.wait_until(
+            names,
+            lambda spec: ping(spec.host, spec.port, timeout=0.25),
+            what="did not answer PING",
+            timeout=timeout,
+        )
+
+    def wait_until(
+        self,
+        names: Iterable[str],
+        check: Callable[[ProcessSpec], bool],
+        *,
+        what: str,
+        timeout: float = DEFAULT_READY_TIMEOUT,
+    ) -> None:
+        """Wait until ``check`` holds for each named (running) process; ``LabError`` saying
+        ``what`` did not happen, with the log, if not."""
         waiting = list(names)
         deadline = time.monotonic() + timeout
         while waiting:
@@ -350,11 +399,11 @@ class Lab:
                 rec = self.record(name)
                 if self._stat(rec) is None:
                     raise self._failure(name, "exited before it was ready")
-                if ping(rec.spec.host, rec.spec.port, timeout=0.25):
+                if check(rec.spec):
                     waiting.remove(name)
             if waiting:
                 if time.monotonic() > deadline:
-                    raise self._failure(waiting[0], f"did not answer PING within {timeout:g} s")
+                    raise self._failure(waiting[0], f"{what} within {timeout:g} s")
                 time.sleep(0.05)
 
     def _failure(self, name: str, what: str) -> LabError:
@@ -494,8 +543,9 @@ def up(
     die_with_parent: bool = False,
     echo: Callable[[str], None] = lambda _line: None,
 ) -> Lab:
-    """Plan, check ports, write the config files, start the nodes, then the proxy, and wait until
-    each answers PING. On any failure everything started is stopped before the error is raised."""
+    """Plan, check ports, write the config files, start the nodes, then the sentinels and the
+    proxies, and wait until the cluster has settled (module doc). On any failure everything
+    started is stopped before the error is raised."""
     directory = Path(config.directory).resolve()
     existing = Lab.load(directory)
     running = [s.name for s in existing.status(probe_roles=False) if s.alive]
@@ -504,21 +554,23 @@ def up(
             f"a lab is already running in {directory} ({', '.join(running)}); "
             f"run `shardgate lab down --dir {config.directory}` first"
         )
-    if config.proxy_kind == "shardgate" and not _module_available("proxy.cli"):
+    proxies = config.proxy_kind != "none" and config.proxies > 0
+    if proxies and config.proxy_kind == "shardgate" and not _module_available("proxy.cli"):
         raise LabError(
             "the shardgate proxy is not available yet (no proxy/cli.py); "
             "use --proxy-command nutcracker or --proxy-command none"
         )
     if config.sentinels and not _module_available("sentinel.cli"):
         raise LabError("the shardgate sentinel is not available yet; use --sentinels 0")
+    if (
+        config.sentinels
+        and proxies
+        and config.proxy_kind == "shardgate"
+        and not _module_available("proxy.sentinels")
+    ):
+        raise LabError("the shardgate proxy cannot follow sentinels yet; use --sentinels 0")
     if config.node_kind == "shardgate" and not _module_available("storenode.cli"):
         raise LabError("the shardgate store node is not available yet; use --node-command redis")
-    if (
-        config.node_kind == "shardgate"
-        and config.replicas
-        and not _node_supports("--replicaof", config.python)
-    ):
-        raise LabError("the shardgate store node has no --replicaof option yet; use --replicas 0")
     config = attrs.evolve(config, directory=str(directory))
     ports = free_ports(ports_needed(config), config.host) if config.base_port == 0 else ()
     plan = plan_lab(config, ports=ports)
@@ -528,13 +580,22 @@ def up(
         (directory / name).write_text(content)
     lab = Lab(directory)
     try:
-        # Nodes first (the others connect to them), then sentinels, then the proxy.
-        for roles in (("primary", "replica"), ("sentinel",), ("proxy",)):
+        # Nodes first (everyone else connects to them); sentinels and proxies together (a
+        # proxy retries its sentinels with a short backoff); then wait for the roles and
+        # topologies the sentinels hand out.
+        for roles in (("primary", "replica"), ("sentinel", "proxy")):
             group = [spec for spec in plan.processes if spec.role in roles]
             for spec in group:
                 lab.start(spec, die_with_parent=die_with_parent)
                 echo(f"started {spec.name} (pid {lab.record(spec.name).pid}) on {spec.address}")
             lab.wait_ready([spec.name for spec in group], timeout=timeout)
+        managed = config.managed and config.node_kind == "shardgate"
+        lab.wait_until(
+            [spec.name for spec in plan.processes],
+            lambda spec: settled(spec, managed=managed),
+            what="did not get its role or topology from the sentinels",
+            timeout=timeout,
+        )
     except BaseException:
         lab.down(grace=1.0)
         raise
@@ -548,17 +609,3 @@ def _module_available(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except ModuleNotFoundError:
         return False
-
-
-def _node_supports(option: str, python: str) -> bool:
-    try:
-        out = subprocess.run(
-            [python, "-m", "shardgate", "node", "--help"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return option in out

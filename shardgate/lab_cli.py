@@ -1,4 +1,5 @@
-"""``shardgate lab up|status|kill|pause|resume|start|down``: a local cluster of real processes."""
+"""``shardgate lab up|status|kill|pause|resume|start|down|config``: a local cluster of real
+processes, and the config files it (and docker compose) runs on."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from shardgate.lab import (
     ProcessStatus,
     up,
 )
+from shardgate.lab_config import add_config_arguments, run_config
 
 DEFAULT_DIR = ".lab"
 
@@ -27,7 +29,7 @@ DEFAULT_DIR = ".lab"
 def register(sub: argparse._SubParsersAction) -> None:
     lab = sub.add_parser(
         "lab",
-        help="run a local cluster (store nodes + proxy) for trying things and for tests",
+        help="run a local cluster (nodes, sentinels, proxies) for trying things and for tests",
         description="A local cluster of real processes on this machine; see docs/lab.md.",
     )
     verbs = lab.add_subparsers(dest="verb", metavar="VERB")
@@ -38,14 +40,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"lab directory: state, logs, configs (default {DEFAULT_DIR})",
     )
 
-    p = verbs.add_parser("up", parents=[common], help="start the cluster and print its endpoint")
+    p = verbs.add_parser("up", parents=[common], help="start the cluster and print its endpoints")
     p.add_argument("--shards", type=int, default=3, help="number of shards (default 3)")
-    p.add_argument("--replicas", type=int, default=0, help="replicas per shard (default 0)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas per shard (default 1)")
+    p.add_argument(
+        "--sentinels",
+        type=int,
+        default=None,
+        help="sentinels watching the shards, quorum a majority; 0 = a static lab, nodes not "
+        "managed (default 3 with shardgate nodes, else 0)",
+    )
+    p.add_argument(
+        "--proxies",
+        type=int,
+        default=2,
+        help="proxies (proxy0, proxy1, ...), following the sentinels (default 2)",
+    )
     p.add_argument(
         "--base-port",
         type=int,
         default=7000,
-        help="proxy port; nodes on base+100.., metrics on port+1000; 0 = OS-assigned (default 7000)",
+        help="proxies on base.., sentinels on base+50.., nodes on base+100.., metrics on "
+        "port+1000; 0 = OS-assigned (default 7000)",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address every process binds (default 127.0.0.1)"
@@ -60,15 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--proxy-command",
         choices=PROXY_KINDS,
         default="shardgate",
-        help="the proxy: shardgate, nutcracker (twemproxy, as a stand-in) or none (default shardgate)",
+        help="the proxies: shardgate, nutcracker (twemproxy, as a stand-in) or none "
+        "(default shardgate)",
     )
     p.add_argument("--proxy-workers", type=int, default=1, help="proxy --workers (default 1)")
-    p.add_argument(
-        "--sentinels",
-        type=int,
-        default=0,
-        help="sentinels watching the shards, quorum a majority (default 0; needs shardgate nodes)",
-    )
     p.add_argument("--maxmemory", default="256mb", help="each node's maxmemory (default 256mb)")
     p.add_argument("--maxmemory-policy", default=None, help="each node's eviction policy")
     p.add_argument(
@@ -98,6 +109,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("name", metavar="NAME", help="process name, as `lab status` shows it")
         p.set_defaults(func=run)
 
+    p = verbs.add_parser(
+        "config",
+        help="write the config files of a lab topology (compose/config is --target compose)",
+        description="Render the files `lab up` writes (--target local) or the ones the compose "
+        "services mount (--target compose). tests/compose fails when compose/config drifts.",
+    )
+    add_config_arguments(p)
+    p.set_defaults(func=run)
+
     p = verbs.add_parser("down", parents=[common], help="stop everything the lab started")
     p.add_argument(
         "--grace",
@@ -116,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.verb == "up":
             return _up(args)
+        if args.verb == "config":
+            return run_config(args, prog="shardgate lab config")
         lab = Lab.load(args.dir)
         if args.verb == "status":
             return _status(lab, as_json=args.json)
@@ -143,10 +165,15 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    sentinels = args.sentinels
+    if sentinels is None:
+        sentinels = 3 if args.node_command == "shardgate" else 0
     config = LabConfig(
         directory=args.dir,
         shards=args.shards,
         replicas=args.replicas,
+        sentinels=sentinels,
+        proxies=args.proxies,
         base_port=args.base_port,
         host=args.host,
         node_kind=args.node_command,
@@ -154,24 +181,21 @@ def _up(args: argparse.Namespace) -> int:
         proxy_workers=args.proxy_workers,
         maxmemory=args.maxmemory,
         maxmemory_policy=args.maxmemory_policy,
-        sentinels=args.sentinels,
     )
     if args.foreground:
         # Installed before anything starts, so a SIGTERM during startup also cleans up.
         signal.signal(signal.SIGTERM, _raise_stop)
         signal.signal(signal.SIGINT, _raise_stop)
+    started = time.monotonic()
     try:
         lab = up(config, timeout=args.timeout, die_with_parent=args.foreground)
     except _Stop:
         return 130
-    _print_table(lab.status(probe_roles=False))
-    print(f"logs and state: {lab.directory}")
-    for row in lab.status(probe_roles=False):
-        if row.role in ("proxy", "sentinel"):
-            print(f"{row.name}: redis-cli -h {row.host} -p {row.port}")
-    if not any(r.role == "proxy" for r in lab.status(probe_roles=False)):
-        first = next(iter(lab.records.values())).spec
-        print(f"no proxy; a node: redis-cli -h {first.host} -p {first.port}")
+    elapsed = time.monotonic() - started
+    rows = lab.status(probe_roles=False)
+    _print_table(rows)
+    print(f"up in {elapsed:.1f} s; logs, configs and state in {lab.directory}")
+    _print_endpoints(rows, args.dir)
     if not args.foreground:
         print(f"stop it with: shardgate lab down --dir {args.dir}")
         return 0
@@ -198,6 +222,31 @@ def _up(args: argparse.Namespace) -> int:
         killed = lab.down()
         print("stopped" + (f" (SIGKILL needed for {', '.join(killed)})" if killed else ""))
     return 0
+
+
+def _redis_cli(host: str, port: int) -> str:
+    return f"redis-cli -p {port}" if host == "127.0.0.1" else f"redis-cli -h {host} -p {port}"
+
+
+def _print_endpoints(rows: list[ProcessStatus], directory: str) -> None:
+    """Proxies first (where clients go), then sentinels (where operators look)."""
+    proxies = [r for r in rows if r.role == "proxy"]
+    sentinels = [r for r in rows if r.role == "sentinel"]
+    for r in proxies:
+        print(f"{r.name}: {_redis_cli(r.host, r.port)}")
+    if not proxies:
+        first = rows[0]
+        print(f"no proxy; a node: {_redis_cli(first.host, first.port)}")
+    for r in sentinels:
+        print(f"{r.name}: {_redis_cli(r.host, r.port)}")
+    if sentinels:
+        s = sentinels[0]
+        host = "" if s.host == "127.0.0.1" else f" --host {s.host}"
+        print(f"failover state: shardgate sentinel status{host} --port {s.port}")
+        dir_opt = "" if directory == DEFAULT_DIR else f" --dir {directory}"
+        primary = next((r.name for r in rows if r.role == "primary"), None)
+        if primary:
+            print(f"failover drill: shardgate lab kill {primary}{dir_opt}")
 
 
 def _status(lab: Lab, *, as_json: bool) -> int:

@@ -128,6 +128,7 @@ def test_commands_name_existing_files_and_the_right_ports(
             assert _option(command, "--metrics-host") == "0.0.0.0"
             assert _option(command, "--host") == e.bind
             assert _option(command, "--config") == f"{CONFIG_DIR}/cluster.toml"
+            assert _option(command, "--name") == name  # how the sentinels' status shows it
 
 
 def _roles_registered() -> set[str]:

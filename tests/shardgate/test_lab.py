@@ -36,25 +36,53 @@ CLI_TIMEOUT = 120  # seconds; a whole `lab up` on a loaded 2-core CI machine sta
 
 
 def test_plan_default_layout() -> None:
+    """The default lab is issue 6's cluster: 3 x (primary + replica), 3 sentinels, 2 proxies."""
     plan = plan_lab(LabConfig(directory="/x", python="py"))
-    names = [p.name for p in plan.processes]
-    assert names == ["node0", "node1", "node2", "proxy"]
-    proxy = plan.by_name("proxy")
-    assert (proxy.role, proxy.shard, proxy.port, proxy.metrics_port) == ("proxy", None, 7000, 8000)
-    assert proxy.argv[:4] == ("py", "-m", "shardgate", "proxy")
-    assert "--config" in proxy.argv and "/x/cluster.toml" in proxy.argv
+    assert [p.name for p in plan.processes] == [
+        "node0", "node0-1", "node1", "node1-1", "node2", "node2-1",
+        "sentinel0", "sentinel1", "sentinel2", "proxy0", "proxy1",
+    ]  # fmt: skip
+    for i in range(2):
+        proxy = plan.by_name(f"proxy{i}")
+        assert (proxy.role, proxy.shard, proxy.port, proxy.metrics_port) == (
+            "proxy", None, 7000 + i, 8000 + i,
+        )  # fmt: skip
+        assert proxy.argv[:4] == ("py", "-m", "shardgate", "proxy")
+        assert _opt(proxy.argv, "--config") == "/x/cluster.toml"
+        assert _opt(proxy.argv, "--name") == f"proxy{i}"
     for i in range(3):
         node = plan.by_name(f"node{i}")
         assert (node.role, node.shard) == ("primary", f"shard{i}")
-        assert (node.port, node.metrics_port) == (7100 + i, 8100 + i)
-        assert node.argv[:4] == ("py", "-m", "shardgate", "node")
+        assert (node.port, node.metrics_port) == (7100 + 2 * i, 8100 + 2 * i)
+        assert node.argv == ("py", "-m", "shardgate", "node", "--config", f"/x/node{i}.toml")
         assert node.log == f"node{i}.log"
-    assert [f[0] for f in plan.files] == ["cluster.toml"]
+        replica = plan.by_name(f"node{i}-1")
+        assert (replica.role, replica.shard, replica.port) == ("replica", f"shard{i}", 7101 + 2 * i)
+        s = plan.by_name(f"sentinel{i}")
+        assert (s.role, s.port, s.metrics_port) == ("sentinel", 7050 + i, 8050 + i)
+    files = dict(plan.files)
+    assert sorted(files) == sorted(
+        ["cluster.toml", "targets.json"]
+        + [f"node{i}{r}.toml" for i in range(3) for r in ("", "-1")]
+        + [f"sentinel{i}.toml" for i in range(3)]
+    )
+    # the proxies follow the sentinels; the nodes wait for the sentinels to assign roles
+    cluster = tomllib.loads(files["cluster.toml"])
+    assert cluster == {"sentinels": ["127.0.0.1:7050", "127.0.0.1:7051", "127.0.0.1:7052"]}
+    node = tomllib.loads(files["node1-1.toml"])
+    assert node["managed"] is True and node["replicaof"] == "127.0.0.1:7102"
+    assert (node["host"], node["port"], node["metrics_port"]) == ("127.0.0.1", 7103, 8103)
 
 
-def test_cluster_toml_covers_every_slot_once() -> None:
-    plan = plan_lab(LabConfig(directory="/x", shards=3, replicas=1, base_port=9000))
-    data = tomllib.loads(dict(plan.files)["cluster.toml"])
+def _opt(argv: tuple[str, ...], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def test_static_lab_cluster_toml_covers_every_slot_once() -> None:
+    plan = plan_lab(LabConfig(directory="/x", shards=3, replicas=1, sentinels=0, base_port=9000))
+    files = dict(plan.files)
+    assert "managed" not in files["node0.toml"]  # no sentinel would ever assign a role
+    data = tomllib.loads(files["cluster.toml"])
     assert data["epoch"] == 1
     covered: list[int] = []
     for shard in data["shards"]:
@@ -65,16 +93,17 @@ def test_cluster_toml_covers_every_slot_once() -> None:
     assert covered == list(range(16384))
     assert data["shards"][1]["primary"] == "127.0.0.1:9102"
     assert data["shards"][1]["replicas"] == ["127.0.0.1:9103"]
-    if importlib.util.find_spec("shardgate.topology") is not None:  # the proxy's own reader
-        from shardgate.topology import Topology
+    from shardgate.topology import Topology  # the proxy's own reader
 
-        topo = Topology.from_dict(data)
-        assert [s.name for s in topo.shards] == ["shard0", "shard1", "shard2"]
+    topo = Topology.from_dict(data)
+    assert [s.name for s in topo.shards] == ["shard0", "shard1", "shard2"]
 
 
 def test_plan_replicas_and_redis_nodes() -> None:
     plan = plan_lab(
-        LabConfig(directory="/d", shards=2, replicas=2, node_kind="redis", proxy_kind="none")
+        LabConfig(
+            directory="/d", shards=2, replicas=2, sentinels=0, node_kind="redis", proxy_kind="none"
+        )
     )
     assert [p.name for p in plan.processes] == [
         "node0",
@@ -90,23 +119,33 @@ def test_plan_replicas_and_redis_nodes() -> None:
     assert replica.argv[0] == "redis-server"
     assert replica.argv[-3:] == ("--replicaof", "127.0.0.1", "7103")
     assert "--save" in plan.by_name("node0").argv
+    assert [f[0] for f in plan.files] == ["cluster.toml"]  # redis-server takes flags
 
 
 def test_plan_nutcracker_stand_in() -> None:
-    plan = plan_lab(LabConfig(directory="/d", shards=2, proxy_kind="nutcracker", base_port=7500))
-    yml = dict(plan.files)["nutcracker.yml"]
-    for line in ("listen: 127.0.0.1:7500", "hash: fnv1a_64", "distribution: ketama"):
-        assert line in yml
-    assert "redis: true" in yml and "auto_eject_hosts: false" in yml
-    assert "- 127.0.0.1:7600:1 s0" in yml and "- 127.0.0.1:7601:1 s1" in yml
-    proxy = plan.by_name("proxy")
-    assert proxy.argv == ("nutcracker", "-c", "/d/nutcracker.yml", "-s", "8500", "-a", "127.0.0.1")
+    config = LabConfig(
+        directory="/d", shards=2, sentinels=0, proxy_kind="nutcracker", base_port=7500
+    )
+    plan = plan_lab(config)
+    files = dict(plan.files)
+    for i in range(2):
+        yml = files[f"proxy{i}.nutcracker.yml"]
+        for line in (f"listen: 127.0.0.1:{7500 + i}", "hash: fnv1a_64", "distribution: ketama"):
+            assert line in yml
+        assert "redis: true" in yml and "auto_eject_hosts: false" in yml
+        assert "- 127.0.0.1:7600:1 s0" in yml and "- 127.0.0.1:7602:1 s1" in yml
+        assert plan.by_name(f"proxy{i}").argv == (
+            "nutcracker", "-c", f"/d/proxy{i}.nutcracker.yml", "-s", str(8500 + i),
+            "-a", "127.0.0.1",
+        )  # fmt: skip
 
 
 def test_plan_sentinels() -> None:
-    plan = plan_lab(LabConfig(directory="/d", shards=2, replicas=1, sentinels=3, python="py"))
+    plan = plan_lab(
+        LabConfig(directory="/d", shards=2, replicas=1, sentinels=3, proxies=1, python="py")
+    )
     names = [p.name for p in plan.processes]
-    assert names[-4:] == ["proxy", "sentinel0", "sentinel1", "sentinel2"]
+    assert names[-4:] == ["sentinel0", "sentinel1", "sentinel2", "proxy0"]
     s1 = plan.by_name("sentinel1")
     assert (s1.role, s1.shard, s1.port, s1.metrics_port) == ("sentinel", None, 7051, 8051)
     assert s1.argv == (
@@ -115,36 +154,46 @@ def test_plan_sentinels() -> None:
     )  # fmt: skip
     config = tomllib.loads(dict(plan.files)["sentinel1.toml"])
     assert (config["id"], config["listen"], config["quorum"]) == ("sentinel1", "127.0.0.1:7051", 2)
-    assert config["state_file"] == "/d/sentinel1.state"
+    assert config["down_after_ms"] == lab.SENTINEL_DOWN_AFTER_MS
+    assert config["state_file"] == "sentinel1.state"  # next to its config: the lab directory
     assert [p["id"] for p in config["peers"]] == ["sentinel0", "sentinel2"]
     assert [(s["name"], s["primary"], s["replicas"]) for s in config["shards"]] == [
         ("shard0", "127.0.0.1:7100", ["127.0.0.1:7101"]),
         ("shard1", "127.0.0.1:7102", ["127.0.0.1:7103"]),
     ]
-    if importlib.util.find_spec("sentinel.config") is not None:  # the sentinel's own reader
-        from sentinel.config import parse_config
+    from sentinel.config import parse_config  # the sentinel's own reader
 
-        assert parse_config(config).quorum == 2
+    assert parse_config(config).quorum == 2
     with pytest.raises(LabError, match="shardgate nodes"):
         LabConfig(sentinels=3, node_kind="redis")
+    assert plan_lab(LabConfig(sentinels=5, proxies=0)).by_name("sentinel4").port == 7054
 
 
 def test_plan_with_os_assigned_ports() -> None:
-    config = LabConfig(directory="/d", shards=2, base_port=0)
-    assert lab.ports_needed(config) == 6
-    plan = plan_lab(config, ports=[11, 12, 13, 21, 22, 23])
+    config = LabConfig(directory="/d", shards=2, replicas=0, sentinels=1, proxies=1, base_port=0)
+    assert lab.ports_needed(config) == 8
+    plan = plan_lab(config, ports=[11, 12, 13, 14, 21, 22, 23, 24])
     assert [(p.name, p.port, p.metrics_port) for p in plan.processes] == [
         ("node0", 11, 21),
         ("node1", 12, 22),
-        ("proxy", 13, 23),
+        ("sentinel0", 13, 23),
+        ("proxy0", 14, 24),
     ]
-    with pytest.raises(LabError, match="need 6 ports"):
+    assert tomllib.loads(dict(plan.files)["cluster.toml"]) == {"sentinels": ["127.0.0.1:13"]}
+    with pytest.raises(LabError, match="need 8 ports"):
         plan_lab(config, ports=[1, 2])
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"shards": 0}, {"replicas": -1}, {"base_port": 80}, {"proxy_workers": 0}],
+    [
+        {"shards": 0},
+        {"replicas": -1},
+        {"base_port": 80},
+        {"proxy_workers": 0},
+        {"sentinels": 10},
+        {"proxies": 51},
+    ],
 )
 def test_config_rejects_nonsense(kwargs: dict[str, Any]) -> None:
     with pytest.raises(LabError):
@@ -224,7 +273,7 @@ def _running_lab(
     try:
         result = _lab("up", "--dir", str(directory), "--base-port", "0", *args)
         assert result.returncode == 0, f"lab up failed:\n{result.stdout}\n{result.stderr}"
-        assert ("proxy: redis-cli -h 127.0.0.1 -p " in result.stdout) == expect_proxy
+        assert ("proxy0: redis-cli -p " in result.stdout) == expect_proxy
         status = _status(directory)
         pids = [row["pid"] for row in status.values()]
         yield status
@@ -253,10 +302,11 @@ def test_lab_lifecycle(tmp_path: Path, node_kind: str, proxy_kind: str) -> None:
     if reason:
         pytest.skip(reason)
     directory = tmp_path / "lab"
-    args = ("--shards", "3", "--node-command", node_kind, "--proxy-command", proxy_kind)
+    args = ("--shards", "3", "--replicas", "0", "--sentinels", "0", "--proxies", "1")
+    args += ("--node-command", node_kind, "--proxy-command", proxy_kind)
     with _running_lab(directory, *args) as status:
         # status --json: exactly the promised fields, one row per process
-        assert sorted(status) == ["node0", "node1", "node2", "proxy"]
+        assert sorted(status) == ["node0", "node1", "node2", "proxy0"]
         for row in status.values():
             assert set(row) == {
                 "name",
@@ -269,7 +319,7 @@ def test_lab_lifecycle(tmp_path: Path, node_kind: str, proxy_kind: str) -> None:
                 "alive",
             }
             assert row["alive"] is True and row["host"] == "127.0.0.1"
-        assert status["proxy"]["role"] == "proxy" and status["proxy"]["shard"] is None
+        assert status["proxy0"]["role"] == "proxy" and status["proxy0"]["shard"] is None
         assert {status[f"node{i}"]["shard"] for i in range(3)} == {"shard0", "shard1", "shard2"}
         assert all(status[f"node{i}"]["role"] == "primary" for i in range(3))
         assert (directory / "cluster.toml").exists() and (directory / "node0.log").exists()
@@ -279,7 +329,7 @@ def test_lab_lifecycle(tmp_path: Path, node_kind: str, proxy_kind: str) -> None:
         quirks: dict[str, Any] = (
             {"protocol": 2, "driver_info": None} if proxy_kind == "nutcracker" else {}
         )
-        client = redis.Redis(port=status["proxy"]["port"], socket_timeout=5, **quirks)
+        client = redis.Redis(port=status["proxy0"]["port"], socket_timeout=5, **quirks)
         try:
             for i in range(50):
                 assert client.set(f"key:{i}", f"value:{i}")
@@ -348,6 +398,8 @@ def test_up_refuses_a_port_in_use(tmp_path: Path) -> None:
             str(tmp_path),
             "--base-port",
             str(port),
+            "--replicas",
+            "0",
             "--node-command",
             "redis",
             "--proxy-command",
@@ -388,7 +440,13 @@ def test_python_api_stops_everything_on_exit(tmp_path: Path) -> None:
     if reason:
         pytest.skip(reason)
     config = LabConfig(
-        directory=str(tmp_path), shards=2, base_port=0, node_kind="redis", proxy_kind="none"
+        directory=str(tmp_path),
+        shards=2,
+        replicas=0,
+        sentinels=0,
+        base_port=0,
+        node_kind="redis",
+        proxy_kind="none",
     )
     pids: list[int] = []
     try:
@@ -423,6 +481,7 @@ def test_replicas_report_their_live_role(tmp_path: Path, node_kind: NodeKind) ->
         directory=str(tmp_path),
         shards=1,
         replicas=1,
+        sentinels=0,  # not managed: roles are the ones the nodes start with
         base_port=0,
         node_kind=node_kind,
         proxy_kind="none",
@@ -444,30 +503,141 @@ def test_replicas_report_their_live_role(tmp_path: Path, node_kind: NodeKind) ->
                     os.killpg(pid, signal.SIGKILL)
 
 
-@pytest.mark.slow
-def test_sentinels_fail_over_and_status_follows(tmp_path: Path) -> None:
-    reason = _missing("shardgate", "none")
+def _sentinel_status(port: int) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "shardgate", "sentinel", "status", "--port", str(port), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+def _writes_everywhere(port: int, tag: str) -> bool:
+    """SET then GET a key on every shard through the proxy on ``port``; False on any error."""
+    client = redis.Redis(port=port, socket_timeout=2)
+    try:
+        for shard, key in SHARD_KEYS.items():
+            value = f"{tag}:{shard}"
+            if not client.set(key, value) or client.get(key) != value.encode():
+                return False
+        return True
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+SHARD_KEYS: dict[str, str] = {}  # shard name -> a key it owns (filled by the test)
+
+
+def _keys_per_shard(shards: int) -> dict[str, str]:
+    from shardgate.slots import slot_for_key
+
+    ranges = lab.slot_ranges(shards)
+    out: dict[str, str] = {}
+    i = 0
+    while len(out) < shards:
+        key = f"lab-test:{i}"
+        slot = slot_for_key(key.encode())
+        shard = next(n for n, (lo, hi) in enumerate(ranges) if lo <= slot <= hi)
+        out.setdefault(f"shard{shard}", key)
+        i += 1
+    return out
+
+
+def test_default_cluster_fails_over_and_down_leaves_nothing(tmp_path: Path) -> None:
+    """Issue 6's done-when, as a user runs it: `lab up` (no options: 3 x (primary + replica),
+    3 sentinels, 2 proxies following them), SET/GET through each proxy, `lab kill` a primary ->
+    `sentinel status` shows the new primary under a bumped epoch and both proxies write to it,
+    the old primary rejoins as a replica, and `lab down` leaves no process behind."""
+    reason = _missing("shardgate", "shardgate")
     if reason is None and importlib.util.find_spec("sentinel.cli") is None:
         reason = "the shardgate sentinel (sentinel/cli.py) does not exist yet"
     if reason:
         pytest.skip(reason)
+    SHARD_KEYS.update(_keys_per_shard(3))
     directory = tmp_path / "lab"
-    args = ("--shards", "2", "--replicas", "1", "--sentinels", "3", "--proxy-command", "none")
-    with _running_lab(directory, *args, expect_proxy=False) as status:
-        assert {n: status[n]["role"] for n in status} == {
-            "node0": "primary",
-            "node0-1": "replica",
-            "node1": "primary",
-            "node1-1": "replica",
-            "sentinel0": "sentinel",
-            "sentinel1": "sentinel",
-            "sentinel2": "sentinel",
-        }
-        port = status["sentinel0"]["port"]
-        addr = lab.resp_request("127.0.0.1", port, "SENTINEL", "get-master-addr-by-name", "shard0")
-        assert addr == [b"127.0.0.1", str(status["node0"]["port"]).encode()]
+    pids: list[int] = []
+    try:
+        result = _lab("up", "--dir", str(directory), "--base-port", "0")
+        assert result.returncode == 0, f"lab up failed:\n{result.stdout}\n{result.stderr}"
+        status = _status(directory)
+        pids = [row["pid"] for row in status.values()]
+        assert {n: (r["role"], r["shard"]) for n, r in status.items()} == {
+            "node0": ("primary", "shard0"), "node0-1": ("replica", "shard0"),
+            "node1": ("primary", "shard1"), "node1-1": ("replica", "shard1"),
+            "node2": ("primary", "shard2"), "node2-1": ("replica", "shard2"),
+            "sentinel0": ("sentinel", None), "sentinel1": ("sentinel", None),
+            "sentinel2": ("sentinel", None), "proxy0": ("proxy", None), "proxy1": ("proxy", None),
+        }  # fmt: skip
+        # every endpoint printed, proxies first, then sentinels
+        endpoints = [ln.split(":")[0] for ln in result.stdout.splitlines() if "redis-cli -p" in ln]
+        assert endpoints == ["proxy0", "proxy1", "sentinel0", "sentinel1", "sentinel2"]
+        for name in endpoints:
+            assert f"{name}: redis-cli -p {status[name]['port']}" in result.stdout
+
+        # `up` returned only once the cluster settled: both proxies write at once, everywhere
+        proxies = [status["proxy0"]["port"], status["proxy1"]["port"]]
+        for port in proxies:
+            assert _writes_everywhere(port, f"before:{port}")
+        client = redis.Redis(port=proxies[0], socket_timeout=5)
+        try:  # one proxy reads what the other wrote
+            assert client.get(SHARD_KEYS["shard0"]) == f"before:{proxies[1]}:shard0".encode()
+        finally:
+            client.close()
+
+        sentinel = status["sentinel0"]["port"]
+        before = _sentinel_status(sentinel)
+        epoch = before["topology_epoch"]
+        shard0 = next(s for s in before["shards"] if s["name"] == "shard0")
+        assert shard0["primary"]["address"] == f"127.0.0.1:{status['node0']['port']}"
+
+        # the drill: kill shard0's primary; the sentinels promote node0-1 under a new epoch
         assert _lab("kill", "node0", "--dir", str(directory)).returncode == 0
-        deadline = time.monotonic() + 20  # down-after 1 s in the lab; failover takes a few more
-        while _status(directory)["node0-1"]["role"] != "primary":
-            assert time.monotonic() < deadline, "node0-1 was not promoted"
+        assert _gone(status["node0"]["pid"])
+        new_primary = f"127.0.0.1:{status['node0-1']['port']}"
+        deadline = time.monotonic() + 15  # down-after 1 s in the lab; a failover takes ~0.1 s more
+        while True:
+            after = _sentinel_status(sentinel)
+            shard0 = next(s for s in after["shards"] if s["name"] == "shard0")
+            if shard0["primary"]["address"] == new_primary and after["topology_epoch"] > epoch:
+                break
+            assert time.monotonic() < deadline, f"no failover in sentinel status: {shard0}"
             time.sleep(0.2)
+        assert shard0["last_failover"] is not None
+        assert _status(directory)["node0-1"]["role"] == "primary"
+
+        # both proxies follow: writes to every shard work again (through the new primary)
+        deadline = time.monotonic() + 10
+        for port in proxies:
+            while not _writes_everywhere(port, f"after:{port}"):
+                assert time.monotonic() < deadline, f"proxy on {port} did not follow the failover"
+                time.sleep(0.2)
+
+        # the old primary comes back as a replica of the new one
+        assert _lab("start", "node0", "--dir", str(directory)).returncode == 0
+        pids.append(_status(directory)["node0"]["pid"])
+        deadline = time.monotonic() + 15
+        while _status(directory)["node0"]["role"] != "replica":
+            assert time.monotonic() < deadline, "node0 did not rejoin as a replica"
+            time.sleep(0.2)
+
+        # down: every process (and anything it forked) is gone, and the state file too
+        pids = [row["pid"] for row in _status(directory).values()]
+        down = _lab("down", "--dir", str(directory))
+        assert down.returncode == 0, down.stderr
+        assert all(_gone(pid) for pid in pids), [p for p in pids if not _gone(p)]
+        assert all(not lab.group_members(pid) for pid in pids)
+        assert not (directory / "state.json").exists()
+    finally:
+        with contextlib.suppress(Exception):
+            _lab("down", "--dir", str(directory), "--grace", "2")
+        for pid in pids:
+            if not _gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
