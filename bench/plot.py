@@ -1,0 +1,48 @@
+"""``--plot FILE.png``: latency percentiles and throughput over time (matplotlib, optional).
+
+matplotlib is the optional extra ``bench`` (``pip install 'shardgate[bench]'``); without it
+``--plot`` fails before the run starts and says how to install it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from bench.loadstats import Result
+
+INSTALL_HINT = (
+    "--plot needs matplotlib: .venv/bin/pip install 'shardgate[bench]' "
+    "(or: pip install matplotlib; Debian: apt-get install python3-matplotlib)"
+)
+
+
+def available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def plot(result: Result, path: str, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
+
+    seconds = [s.second + 1 for s in result.timeline]
+    fig, (lat, thr) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    for attr, label in (("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")):
+        lat.plot(seconds, [getattr(s, attr) / 1000 for s in result.timeline], label=label)
+    lat.set_yscale("log")
+    lat.set_ylabel("latency (ms, log)")
+    lat.legend(loc="upper right")
+    lat.grid(True, which="both", alpha=0.3)
+    thr.plot(seconds, [s.ops for s in result.timeline], color="tab:green", label="ops/s")
+    errors = [s.errors for s in result.timeline]
+    if any(errors):
+        thr.bar(seconds, errors, color="tab:red", alpha=0.6, label="errors/s")
+    thr.set_ylabel("per second")
+    thr.set_xlabel("seconds into the measured run")
+    thr.legend(loc="lower right")
+    thr.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
