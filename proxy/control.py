@@ -26,7 +26,7 @@ class ControlError(Exception):
 class ControlClient:
     __slots__ = ("_reader", "address", "stream")
 
-    def __init__(self, stream: trio.SocketStream, address: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, address: str) -> None:
         self.stream = stream
         self.address = address
         self._reader: Any = hiredis.Reader(replyError=ControlError)

@@ -31,6 +31,12 @@ from shardgate.topology import NodeAddress, Topology, TopologyError, topology_fr
 CHANNEL = b"shardgate.topology"
 
 Adopt = Callable[[Topology, str], Awaitable[bool]]
+# How a link reaches a sentinel: ``ControlClient.connect`` (tests pass in-memory streams).
+Connect = Callable[[NodeAddress, str | None], Awaitable[ControlClient]]
+
+
+async def connect_tcp(address: NodeAddress, password: str | None) -> ControlClient:
+    return await ControlClient.connect(address.host, address.port, password=password)
 
 
 class SentinelLink:
@@ -71,6 +77,7 @@ class SentinelFollower:
         timeout: float,
         adopt: Adopt,
         current_epoch: Callable[[], int],
+        connect: Connect = connect_tcp,
     ) -> None:
         self.links = [SentinelLink(a) for a in sentinels]
         self.password = password
@@ -78,6 +85,7 @@ class SentinelFollower:
         self.timeout = timeout
         self.adopt = adopt
         self.current_epoch = current_epoch
+        self.connect = connect
         self.limiter = RefreshLimiter()
         self._refresh_wake = trio.Event()
         self.refreshes: dict[str, int] = {}  # reason → refreshes asked for
@@ -133,8 +141,7 @@ class SentinelFollower:
             task_status.started()
 
     async def _connect(self, link: SentinelLink) -> ControlClient:
-        a = link.address
-        return await ControlClient.connect(a.host, a.port, password=self.password)
+        return await self.connect(link.address, self.password)
 
     async def _offer(self, blob: Any, link: SentinelLink, how: str) -> None:
         try:
