@@ -10,15 +10,15 @@ from tests.faults import netns
 from tests.faults.processes import Services, services
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    # a run that was SIGKILLed cannot clean up after itself; the next one does, sparing live runs
-    if netns.unavailable_reason() is None:
-        netns.sweep_stale()
-
-
 @pytest.fixture(scope="session")
 def netns_reason() -> str | None:
-    return netns.unavailable_reason()
+    reason = netns.unavailable_reason()
+    if reason is None:
+        # a run that was SIGKILLed could not clean up after itself; the first namespace user of
+        # the next run does, sparing runs still alive (a fixture, not pytest_sessionstart: that
+        # hook is not called for a conftest below the directories pytest starts from)
+        netns.sweep_stale()
+    return reason
 
 
 @pytest.fixture
