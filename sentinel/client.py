@@ -43,9 +43,13 @@ class RespClient:
         """Send one command, return its reply (raises ReplyError on a RESP error, OSError on a
         broken connection, after which the next call reconnects)."""
         async with self.lock:
-            stream = self._stream or await self._connect()
             try:
+                stream = self._stream or await self._connect()
                 return await self._call_on(stream, args)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # Translated once, here: callers handle a broken connection as OSError.
+                await self.close()
+                raise OSError(f"{self.host}:{self.port}: {exc}") from exc
             except BaseException:
                 await self.close()
                 raise

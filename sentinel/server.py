@@ -282,8 +282,8 @@ class SentinelServer:
         conn = _Connection(self, stream)
         try:
             await conn.run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError):
+            pass  # the client went away or spoke garbage: only this connection ends
         finally:
             if conn.subscriber is not None:
                 self._subscribers.remove(conn.subscriber)

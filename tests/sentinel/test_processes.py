@@ -107,14 +107,23 @@ def cluster(
             )
         for i in range(sentinels):
             c.start_sentinel(i)
-        wait_until(lambda: role(node_ports[0]) == "primary", 10, "primary assigned")
-        for p in node_ports[1:]:
-            wait_until(
-                lambda p=p: redis.Redis(port=p).info("replication")["master_link_status"] == "up",
-                10,
-                "replicas linked",
-            )
-        yield c
+        try:
+            _wait_ready(c)
+            yield c
+        except BaseException:
+            for i, proc in c.sentinels.items():  # the sentinels' own account of what happened
+                print(f"--- sentinel s{i}\n" + "".join(proc.output[-60:]))
+            raise
+
+
+def _wait_ready(c: Cluster) -> None:
+    wait_until(lambda: role(c.node_ports[0]) == "primary", 10, "primary assigned")
+    for p in c.node_ports[1:]:
+        wait_until(
+            lambda p=p: redis.Redis(port=p).info("replication")["master_link_status"] == "up",
+            10,
+            "replicas linked",
+        )
 
 
 def test_primary_killed_fails_over_and_the_old_primary_rejoins(tmp_path: Path) -> None:
@@ -282,3 +291,34 @@ def test_thirty_kills_in_a_row_give_exactly_one_failover_each(tmp_path: Path) ->
         assert len(done) == kills, [(h["epoch"], h["old_primary"]) for h in done]
         assert epochs == sorted(set(epochs)), epochs  # strictly increasing
         assert len(c.primaries()) == 1
+
+
+def test_hostile_input_never_takes_a_sentinel_down(tmp_path: Path) -> None:
+    import socket as _socket
+
+    with cluster(tmp_path, replicas=1, sentinels=1, quorum=1) as c:
+        port = c.sentinel_ports[0]
+        for payload in (
+            b"*1\r\n$-7\r\n",
+            b"*abc\r\n",
+            b"\x00\xff" * 1000,
+            b"*2\r\n$11\r\nSG.SENTINEL\r\n$5\r\nhello\r\n",  # not msgpack
+            b"*2\r\n$11\r\nSG.SENTINEL\r\n$3\r\n\x93\x01\x02\r\n",  # msgpack, not a message
+            b"*3\r\n$13\r\nSG.PROXYEPOCH\r\n$1\r\np\r\n$3\r\nabc\r\n",
+            b"*2\r\n$8\r\nSENTINEL\r\n$7\r\nunknown\r\n",
+            b"SUBSCRIBE +sdown\r\n",  # then the client vanishes
+            b"*1\r\n$999999999999\r\n",
+        ):
+            with _socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(payload)
+                s.settimeout(0.3)
+                with contextlib.suppress(TimeoutError, ConnectionResetError):
+                    s.recv(65536)
+        r = redis.Redis(port=port, socket_timeout=2)
+        assert r.ping()
+        with pytest.raises(redis.ResponseError):
+            r.execute_command("SG.SENTINEL", b"garbage")
+        assert (
+            r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "shard-0")[1]
+            == str(c.node_ports[0]).encode()
+        )
