@@ -30,8 +30,16 @@ pytest: $(STAMP)
 test-faults: $(STAMP)
 	$(BIN)/pytest -q
 
+# A lab of its own (BENCH_BASE_PORT, so a running `make lab` is left alone), the load generator
+# against its proxy0 with its defaults (or BENCH_ARGS), then that lab down, also on failure or
+# Ctrl-C. Side-by-side comparisons: `shardgate bench compare` (docs/performance.md).
+BENCH_DIR ?= .lab/bench
+BENCH_BASE_PORT ?= 17000
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/shardgate bench --help
+	trap '$(BIN)/shardgate lab down --dir $(BENCH_DIR) --grace 2 >/dev/null' EXIT INT TERM; \
+	$(BIN)/shardgate lab up --dir $(BENCH_DIR) --base-port $(BENCH_BASE_PORT) && \
+	$(BIN)/shardgate bench --port $(BENCH_BASE_PORT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .lab .pytest_cache .mypy_cache .ruff_cache
