@@ -40,11 +40,13 @@ class Cluster:
     stack: contextlib.ExitStack
     node_ports: list[int]
     sentinel_ports: list[int]
+    node_args: tuple[str, ...] = ()
     nodes: dict[int, Proc] = attrs.field(factory=dict)
     sentinels: dict[int, Proc] = attrs.field(factory=dict)
 
     def start_node(self, port: int) -> Proc:
-        proc = self.stack.enter_context(running(["node", "--port", str(port), "--managed"]))
+        args = ["node", "--port", str(port), "--managed", *self.node_args]
+        proc = self.stack.enter_context(running(args))
         self.nodes[port] = proc
         return proc
 
@@ -82,11 +84,12 @@ def cluster(
     quorum: int = 2,
     down_after_ms: int = 1000,
     priorities: tuple[int, ...] = (),
+    node_args: tuple[str, ...] = (),
 ) -> Iterator[Cluster]:
     with contextlib.ExitStack() as stack:
         node_ports = [free_port() for _ in range(1 + replicas)]
         sentinel_ports = [free_port() for _ in range(sentinels)]
-        c = Cluster(tmp_path, stack, node_ports, sentinel_ports)
+        c = Cluster(tmp_path, stack, node_ports, sentinel_ports, node_args)
         for port in node_ports:
             c.start_node(port)
         reps = ", ".join(
@@ -322,3 +325,34 @@ def test_hostile_input_never_takes_a_sentinel_down(tmp_path: Path) -> None:
             r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "shard-0")[1]
             == str(c.node_ports[0]).encode()
         )
+
+
+def test_a_paused_primary_takes_no_writes_after_it_resumes(tmp_path: Path) -> None:
+    """SIGSTOP the primary until the sentinels fail it over, then SIGCONT it: with
+    min-replicas it refuses writes at once (its replicas went to the new primary), and the
+    sentinels make it a replica within a ping period."""
+    lag = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "1")
+    with cluster(tmp_path, node_args=lag) as c:
+        old = c.node_ports[0]
+        direct = redis.Redis(port=old, socket_timeout=2)
+        assert direct.set("before", "1")
+        os.kill(c.nodes[old].pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: any(role(p) == "primary" for p in c.node_ports[1:]), 10, "failover")
+        finally:
+            os.kill(c.nodes[old].pid, signal.SIGCONT)
+        accepted = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                direct.set("after-resume", "x")
+                accepted.append(time.monotonic())
+            except redis.ReadOnlyError:
+                pass  # already demoted (or fenced)
+            except redis.ResponseError as exc:
+                assert "NOREPLICAS" in str(exc)
+            time.sleep(0.01)
+        assert accepted == []
+        assert role(old) == "replica"
+        new = redis.Redis(port=c.primary())
+        assert new.get("after-resume") is None and new.get("before") == b"1"
