@@ -22,6 +22,7 @@ How it works
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -36,7 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from types import FrameType
 
-from bench import keymem, redis_benchmark
+from bench import fulllab, keymem, redis_benchmark
 from bench.markdown import replace_section
 from bench.procstats import cpu_us_per_request, group_cpu_ticks
 from bench.redis_benchmark import BenchmarkError
@@ -194,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", metavar="FILE", help="replace the compare section of FILE")
     parser.add_argument("--dir", default=None, help="directory for logs (default: a temp dir)")
     args = parser.parse_args(argv)
-    known = [key for key, _, _ in ENDPOINTS]
+    known = [key for key, _, _ in ENDPOINTS] + [fulllab.KEY]
     wanted = set(args.only.split(",")) if args.only else set(known)
     if wanted - set(known):
         parser.error(
@@ -217,8 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     mem: list[keymem.KeyMemory] = []
     mem_unavailable: dict[str, str] = {}
     profile = None
-    with Lab(directory) as lab:  # stops every process on the way out, whatever happens
+    # Both stop every process they started on the way out, whatever happens.
+    with Lab(directory) as lab, contextlib.ExitStack() as full:
         endpoints = list(start_all(lab, echo=echo).values())
+        if fulllab.KEY in wanted:
+            endpoints.append(
+                full.enter_context(fulllab.full_lab(Path(directory) / "full-lab", echo=echo))
+            )
         endpoints = [e for e in endpoints if e.key in wanted]
         for e in endpoints:
             where = f"{e.host}:{e.port}" if e.available else f"not available — {e.unavailable}"
@@ -233,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if target:
                 profile = profile_endpoint(target, lab.directory, echo=echo)
         lab.down(grace=3.0)
+        full.close()
         if not args.no_memory:
             why = missing_pieces()
             for kind, label, piece in (

@@ -42,15 +42,18 @@ def register(sub: Any, *, func: Callable[[argparse.Namespace], int]) -> None:
         description=(
             "Starts, on this machine and at once: (a) redis-server; (b) nutcracker -> 2 "
             "redis-servers; (c) shardgate proxy -> the same redis-servers; (d) shardgate proxy -> "
-            "2 shardgate nodes; (e) proxy --workers 2 -> the redis-servers; (n) one shardgate "
-            "node. Measures each with redis-benchmark (SET/GET, -P 1, -P 16, 1 client), runs "
+            "2 shardgate nodes; (e) proxy --workers 2 -> the redis-servers; (l) the full lab "
+            "(`shardgate lab up`: 3 shards x primary + replica, 3 sentinels, proxies following "
+            "them) through proxy0; (n) one shardgate node. Measures each with redis-benchmark (SET/GET, -P 1, -P 16, 1 client), runs "
             "alternating, medians of --rounds, CPU us/request from /proc, bytes per key; prints "
             "ratios to (b) and (a) and rewrites the `compare` section of --write FILE."
         ),
     )
     p.add_argument("--quick", action="store_true", help="1 round, runs / 10, 100k keys")
     p.add_argument("--rounds", type=int, default=None, help="rounds per mode (default 3)")
-    p.add_argument("--only", default="", help="endpoints to run, e.g. a,b,c (default all)")
+    p.add_argument(
+        "--only", default="", help="endpoints to run, e.g. a,b,c,l (default all: a,b,c,d,e,l,n)"
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the bytes-per-key part")
     p.add_argument("--profile", action="store_true", help="py-spy the proxy (c) at -P 16")
     p.add_argument("--write", metavar="FILE", help="replace the compare section of FILE")

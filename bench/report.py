@@ -124,7 +124,7 @@ def added_p50_us(summ: Summaries, via: str, direct: str, mode: str = "c1") -> fl
 
 
 # The endpoint each one is compared with in the tables.
-BASELINE = {"b": "a", "c": "b", "d": "b", "e": "b", "n": "a"}
+BASELINE = {"b": "a", "c": "b", "d": "b", "e": "b", "l": "b", "n": "a"}
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -304,7 +304,7 @@ def render(
         "Endpoints alternate a b c … then … c b a, after a warm-up that writes every key.",
         "- CPU µs/req: utime+stime of the process under test (its whole process group, so proxy "
         "workers count) from /proc, before and after each run, divided by its requests: the "
-        "server for (a) and (n), the proxy alone for (b)-(e).",
+        "server for (a) and (n), the proxy alone for (b)-(e) and (l).",
         "",
     ]
     for mode in MODES:
