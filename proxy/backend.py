@@ -59,6 +59,7 @@ class BackendConn:
         "latency",
         "max_queue",
         "on_flush",
+        "on_lost",
         "on_readonly",
         "on_stale",
         "password",
@@ -89,6 +90,7 @@ class BackendConn:
         role: bytes = b"primary",
         on_stale: Callable[[str], None] | None = None,
         on_readonly: Callable[[Any, Pending, bytes], bool] | None = None,
+        on_lost: Callable[[Any, Pending, bytes], bool] | None = None,
     ) -> None:
         self.address = address
         self.label = label
@@ -101,6 +103,9 @@ class BackendConn:
         self.on_stale = on_stale  # a -STALE reply: the proxy refreshes its topology
         # A -READONLY reply to a request that may be retried: True when the proxy took it over.
         self.on_readonly = on_readonly
+        # A request lost with the connection (its outcome unknown): True when the proxy took
+        # it over (an idempotent read it retries on the new primary).
+        self.on_lost = on_lost
         self.latency = latency
         self.on_flush = on_flush  # flushes the clients a batch of replies touched
         self.health = Health(fail_after=fail_after, interval=reconnect_interval)
@@ -226,8 +231,16 @@ class BackendConn:
         err = error.encode() if isinstance(error, str) else error
         touched = []
         failed = 0
+        lost = self.on_lost
         while self.waiters:
             pending, _ = self.waiters.popleft()
+            if (
+                lost is not None
+                and pending.reply is None
+                and pending.retry is not None
+                and lost(self, pending, err)
+            ):
+                continue
             if pending.fail(err):
                 failed += 1
                 owner: Any = pending.owner

@@ -34,6 +34,8 @@ class ProxyStats:
         "latency",
         "noauth",
         "protocol_errors",
+        "read_retries",
+        "read_retries_failed",
         "read_totals",
         "refused",
         "rejected",
@@ -63,6 +65,8 @@ class ProxyStats:
         self.stale_replies = 0  # -STALE from a node: it has seen a newer epoch than ours
         self.write_retries = 0  # -READONLY writes sent again to a newer primary
         self.write_retries_failed = 0  # ... answered with the error instead
+        self.read_retries = 0  # reads lost with a failed node, sent again to its successor
+        self.read_retries_failed = 0  # ... answered with the connection error instead
         # shard name → [replica reads, primary fallbacks, refused], from replaced read plans
         self.read_totals: dict[str, list[int]] = {}
 
@@ -126,6 +130,13 @@ def collect(proxy: Proxy) -> Iterable[Metric]:
     retries.add_metric(["retried"], stats.write_retries)
     retries.add_metric(["failed"], stats.write_retries_failed)
     yield retries
+    read_retries = CounterMetricFamily(
+        p + "read_retries", "Read-only requests lost with a failed backend connection",
+        labels=["result"],
+    )  # fmt: skip
+    read_retries.add_metric(["retried"], stats.read_retries)
+    read_retries.add_metric(["failed"], stats.read_retries_failed)
+    yield read_retries
     follower = proxy.follower
     if follower is not None:
         sup = GaugeMetricFamily(

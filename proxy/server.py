@@ -41,7 +41,7 @@ from proxy.config import ClusterSettings, ProxyConfig
 from proxy.ordering import Pending
 from proxy.reads import ReplicaMonitor, ShardReads
 from proxy.replicas import ReadFrom
-from proxy.router import Router, Unrouted
+from proxy.router import Router, Unrouted, is_readonly
 from proxy.sentinels import SentinelFollower
 from shardgate.config import ConfigError
 from shardgate.logs import log_event
@@ -55,13 +55,16 @@ LISTEN_BACKLOG = 511  # Redis's tcp-backlog default
 
 @attrs.define
 class _Retry:
-    """A write a superseded primary refused (-READONLY): not applied, so sent once more."""
+    """A write a superseded primary refused (-READONLY): not applied, so sent once more; or a
+    read-only request lost with its connection, sent once more to the primary that replaces
+    the failed node."""
 
     pending: Pending
     request: bytes
     refused_by: BackendConn
     reply: bytes
     give_up_at: float
+    write: bool = True  # False: an idempotent read lost with a failed connection
 
 
 class Proxy:
@@ -124,6 +127,7 @@ class Proxy:
             role=role,
             on_stale=self._on_stale,
             on_readonly=self._on_readonly if self.follower is not None else None,
+            on_lost=self._on_lost if self.follower is not None else None,
         )
 
     def _replica_shards(self, topology: Topology) -> list[Shard]:
@@ -273,6 +277,26 @@ class Proxy:
         self._resubmit_retries()
         return True
 
+    def _on_lost(self, conn: BackendConn, pending: Pending, error: bytes) -> bool:
+        """A request lost with a failed connection: True when it is an idempotent read we keep
+        for one retry on the node a newer topology names (issue 5); writes get the error."""
+        request = pending.retry
+        if request is None or self.follower is None:
+            return False
+        reader = hiredis.Reader()
+        reader.feed(request)
+        args = reader.gets()
+        if not isinstance(args, list) or not args or not is_readonly(args[0]):
+            return False
+        pending.retry = None  # once
+        now = trio.current_time()
+        self._retries.append(
+            _Retry(pending, request, conn, error, now + self.config.timeout, write=False)
+        )
+        self.follower.refresh("lost")
+        self._resubmit_retries()
+        return True
+
     def _resubmit_retries(self) -> None:
         """Send each kept write to the primary the current topology names, if that is another
         node than the one that refused it; answer it with its -READONLY when time is up."""
@@ -296,7 +320,10 @@ class Proxy:
             elif (refusal := target.refusal()) is not None:
                 self._answer_retry(r, refusal)
             else:
-                self.stats.write_retries += 1
+                if r.write:
+                    self.stats.write_retries += 1
+                else:
+                    self.stats.read_retries += 1
                 r.pending.started = now
                 r.pending.deadline = now + self.config.timeout
                 target.submit(r.pending, 0, r.request)
@@ -305,7 +332,10 @@ class Proxy:
             self._retry_wake.set()
 
     def _answer_retry(self, r: _Retry, reply: bytes) -> None:
-        self.stats.write_retries_failed += 1
+        if r.write:
+            self.stats.write_retries_failed += 1
+        else:
+            self.stats.read_retries_failed += 1
         if r.pending.fail(reply):
             owner: Any = r.pending.owner
             if not owner.touched:
@@ -532,6 +562,8 @@ class Proxy:
                 "stale_replies": s.stale_replies,
                 "write_retries": s.write_retries,
                 "write_retries_failed": s.write_retries_failed,
+                "read_retries": s.read_retries,
+                "read_retries_failed": s.read_retries_failed,
             },
             "Topology": {
                 "epoch": self.router.epoch,

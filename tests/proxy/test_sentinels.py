@@ -7,6 +7,7 @@ rule is checked exactly; the real sentinels are in ``test_failover.py``.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -97,7 +98,8 @@ async def following(*sentinels: FakeSentinel, **options: Any) -> AsyncIterator[r
         for s in sentinels:
             await nursery.start(s.serve)
         addrs = tuple(NodeAddress("127.0.0.1", s.port) for s in sentinels)
-        config = ProxyConfig(port=0, sentinels=addrs, name="p1", timeout=1.0, **options)
+        options.setdefault("timeout", 1.0)
+        config = ProxyConfig(port=0, sentinels=addrs, name="p1", **options)
         _, port = await nursery.start(serve, config)
         try:
             yield redis.Redis(port=port, socket_timeout=5)
@@ -224,3 +226,30 @@ async def test_write_refused_by_a_superseded_primary_is_retried_once_on_the_new_
                 assert await blocking(a.client().get, "k") == b"1"
                 i = await info(r)
                 assert i["epoch"] == 2 and i["write_retries"] == 1
+
+
+async def test_read_lost_with_a_dead_primary_is_retried_once_on_the_new_one() -> None:
+    with backends("node", 2) as (a, b):
+        s = FakeSentinel(one_shard(1, a))
+        with trio.fail_after(30):
+            async with following(s, timeout=3.0) as r:
+                assert await blocking(r.set, "k", "old")
+                await blocking(b.client().set, "k", "new")
+                assert a.proc is not None
+                a.signal(signal.SIGSTOP)  # the GET below is in flight when the node dies
+                async with trio.open_nursery() as nursery:
+                    got: list[object] = []
+
+                    async def read() -> None:
+                        got.append(await blocking(r.get, "k"))
+
+                    nursery.start_soon(read)
+                    await trio.sleep(0.3)
+                    a.proc.kill()  # connection lost: the read's outcome is unknown to us
+                    a.proc.wait(5)
+                    await trio.sleep(0.3)
+                    assert got == []  # kept, not failed: waiting for the new topology
+                    await s.publish(one_shard(2, b))
+                assert got == [b"new"]  # retried once on the new primary
+                i = await info(r)
+                assert i["read_retries"] == 1 and i["epoch"] == 2
