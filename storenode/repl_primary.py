@@ -178,8 +178,14 @@ async def _read_acks(
             return
         parser.feed(data)
         while (args := parser.next_command()) is not None:
-            if args[0].upper() == b"SG.ACK" and len(args) == 2:
-                node.repl.replicas.ack(record.id, int(args[1]), time.monotonic())
+            if args[0].upper() == b"SG.ACK" and len(args) in (2, 3):
+                now = time.monotonic()
+                if len(args) == 3:
+                    # Age by the replica's send time (same wall clock on one host, NTP across
+                    # hosts): a late-delivered ack is old news, not a sign of a live replica.
+                    age_ms = time.time_ns() // 1_000_000 - int(args[2])
+                    now -= max(0, age_ms) / 1000
+                node.repl.replicas.ack(record.id, int(args[1]), now)
                 acks.notify()
 
 

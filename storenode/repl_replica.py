@@ -7,7 +7,10 @@ How it works
   continuation, then the live stream. It reconnects with exponential backoff (100 ms to 1 s).
 - Every stream command moves the offset by its encoded length and is appended to the replica's
   own backlog, so after a promotion the other replicas can continue from it (Redis's replid2).
-- Acks: ``SG.ACK offset`` every 100 ms and at once on ``SG.GETACK``.
+- Acks: ``SG.ACK offset sent-at-ms`` every 100 ms and at once on ``SG.GETACK``. The send time
+  lets the primary judge an ack by when it was sent, not when it arrived: acks held up by a
+  partition arrive in a burst when it heals and must not make a superseded primary believe its
+  replicas are with it (found by tests/faults/test_jepsen_partition.py).
 - A link silent for ``LINK_TIMEOUT`` seconds (the primary heartbeats every second) is dropped
   and reconnected, like Redis's repl-timeout.
 """
@@ -189,7 +192,14 @@ class _Acker:
     async def run(self) -> None:
         while True:
             await send_all(
-                self.sock, encode_command([b"SG.ACK", str(self.node.repl.offset).encode()])
+                self.sock,
+                encode_command(
+                    [
+                        b"SG.ACK",
+                        str(self.node.repl.offset).encode(),
+                        str(time.time_ns() // 1_000_000).encode(),
+                    ]
+                ),
             )
             with trio.move_on_after(ACK_INTERVAL):
                 await self.now.wait()

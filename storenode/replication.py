@@ -111,11 +111,12 @@ class ReplicaTable:
     def remove(self, replica_id: int) -> None:
         self.replicas.pop(replica_id, None)
 
-    def ack(self, replica_id: int, offset: int, now: float) -> None:
+    def ack(self, replica_id: int, offset: int, sent: float) -> None:
+        """Record an ack; ``sent`` is when the replica sent it (monotonic seconds here)."""
         r = self.replicas.get(replica_id)
         if r is not None:
             r.ack_offset = max(r.ack_offset, offset)
-            r.last_ack = now
+            r.last_ack = max(r.last_ack, sent)
 
     def acked(self, offset: int) -> int:
         """Replicas that have acknowledged everything up to ``offset``."""

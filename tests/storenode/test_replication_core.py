@@ -66,16 +66,26 @@ def test_ack_table_counts_acked_and_good_replicas() -> None:
     t.add(ReplicaRecord(id=1, addr="127.0.0.1:1", online=True))
     t.add(ReplicaRecord(id=2, addr="127.0.0.1:2", online=True))
     t.add(ReplicaRecord(id=3, addr="127.0.0.1:3", online=False))  # still syncing
-    t.ack(1, 100, now=10.0)
-    t.ack(2, 50, now=5.0)
-    t.ack(3, 100, now=10.0)
-    t.ack(1, 40, now=11.0)  # an older ack never moves the offset back
+    t.ack(1, 100, sent=10.0)
+    t.ack(2, 50, sent=5.0)
+    t.ack(3, 100, sent=10.0)
+    t.ack(1, 40, sent=11.0)  # an older ack never moves the offset back
     assert t.acked(50) == 2
     assert t.acked(100) == 1
     assert t.good(now=12.0, max_lag=3.0) == 1
     assert t.good(now=12.0, max_lag=10.0) == 2
     t.remove(1)
     assert t.acked(50) == 1
+
+
+def test_an_ack_delivered_late_counts_from_when_it_was_sent() -> None:
+    """Acks held up by a partition arrive in a burst at the heal: they are old news."""
+    t = ReplicaTable()
+    t.add(ReplicaRecord(id=1, addr="127.0.0.1:1", online=True))
+    t.ack(1, 10, sent=100.0)
+    t.ack(1, 12, sent=95.0)  # sent earlier, delivered later: freshness does not go back
+    assert t.good(now=100.5, max_lag=1.0) == 1
+    assert t.good(now=101.5, max_lag=1.0) == 0
 
 
 # --- fencing -----------------------------------------------------------------------------------
