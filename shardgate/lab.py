@@ -239,7 +239,7 @@ def settled(spec: ProcessSpec, *, managed: bool) -> bool:
         if info.get("shardgate_role") not in ("primary", "replica"):
             return False
         return info.get("role") != "slave" or info.get("master_link_status") == "up"
-    if spec.role == "proxy" and "shardgate" in spec.argv:
+    if spec.role == "proxy" and spec.argv[0] != "nutcracker":
         shards = info_fields(spec.host, spec.port, "topology").get("shards", "0")
         return shards.isdigit() and int(shards) > 0
     return True

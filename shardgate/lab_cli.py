@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--timeout",
         type=float,
         default=DEFAULT_READY_TIMEOUT,
-        help=f"seconds each process gets to answer PING (default {DEFAULT_READY_TIMEOUT:g})",
+        help="seconds each step of startup may take: PING, then roles and topologies "
+        f"(default {DEFAULT_READY_TIMEOUT:g})",
     )
     p.add_argument(
         "--foreground",

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -368,17 +369,19 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help="local: every process on 127.0.0.1 (what `lab up` writes); compose: service names "
         "(what compose/config holds) (default local)",
     )
-    parser.add_argument("--shards", type=int, default=DEFAULT_TOPOLOGY.shards)
-    parser.add_argument("--replicas", type=int, default=DEFAULT_TOPOLOGY.replicas)
-    parser.add_argument("--sentinels", type=int, default=DEFAULT_TOPOLOGY.sentinels)
-    parser.add_argument("--proxies", type=int, default=DEFAULT_TOPOLOGY.proxies)
-    parser.add_argument("--base-port", type=int, default=DEFAULT_TOPOLOGY.base_port)
+    d = DEFAULT_TOPOLOGY
+    for flag, default, what in (
+        ("--shards", d.shards, "number of shards"),
+        ("--replicas", d.replicas, "replicas per shard"),
+        ("--sentinels", d.sentinels, "sentinels; 0 = static slot map, nodes not managed"),
+        ("--proxies", d.proxies, "proxies"),
+        ("--base-port", d.base_port, "proxies on base.., sentinels base+50.., nodes base+100.."),
+    ):
+        parser.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
 
 
 def run_config(args: argparse.Namespace, *, prog: str) -> int:
     """Render and write; errors go to stderr with exit status 2."""
-    import sys
-
     try:
         if args.base_port == 0:
             raise LabError("--base-port must be a fixed port for config files")
@@ -408,6 +411,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())
