@@ -30,6 +30,7 @@ from bench.failover_stats import Write
 
 Address = tuple[str, int]
 OP_TIMEOUT = 1.0  # seconds a writer waits for one reply before it reconnects
+WRITE_RATE = 500.0  # SETs per second per writer (one writer per path and shard)
 RETRY_PAUSE = 0.005  # seconds between a failed write and the next attempt
 VALUE = b"v" * 100
 
@@ -106,22 +107,34 @@ class Writer(threading.Thread):
     """SETs unique keys one at a time through ``resolve()``'s address; records every write."""
 
     def __init__(
-        self, path: str, resolve: Callable[[], Address], keys: Iterator[bytes], *, wait: bool
+        self,
+        path: str,
+        resolve: Callable[[], Address],
+        keys: Iterator[bytes],
+        *,
+        wait: bool,
+        rate: float = WRITE_RATE,
     ) -> None:
         super().__init__(name=f"writer {path}", daemon=True)
         self.path = path
         self._resolve = resolve
         self._keys = keys
         self._wait = wait  # Redis's semi-sync stand-in: WAIT 1 after each SET
+        self._interval = 1.0 / rate  # a steady load, not a flood: the machine stays responsive
         self.writes: list[Write] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         sock: socket.socket | None = None
         reader: LineReader | None = None
+        next_at = time.monotonic()
         while not self.stop.is_set():
             key = next(self._keys)
             sent = time.monotonic()
+            if sent < next_at:
+                time.sleep(next_at - sent)
+                sent = time.monotonic()
+            next_at = max(next_at + self._interval, sent - 1.0)
             try:
                 if sock is None:
                     sock = socket.create_connection(self._resolve(), timeout=OP_TIMEOUT)
@@ -180,7 +193,7 @@ def is_primary(addr: Address) -> bool:
     return isinstance(reply, list) and reply[0] == b"master"
 
 
-def replica_synced(primary: Address, *, want: int = 1, max_lag: int = 1 << 20) -> bool:
+def replica_synced(primary: Address, *, want: int = 1, max_lag: int = 8 << 20) -> bool:
     """``primary`` is a primary and ``want`` replicas have acknowledged an offset within
     ``max_lag`` bytes of it (ROLE's replica offsets: a replica still in its full sync is 0)."""
     reply = ask(primary, b"ROLE")
@@ -231,8 +244,11 @@ class RedisSentinelSystem:
         self.dir.mkdir(parents=True, exist_ok=True)
         p0 = self.ports["redis0"]
         for name, port in self.ports.items():
+            # A directory each: a replica writes the snapshot of its full sync to dump.rdb, and
+            # start() deletes it, so a killed server restarts empty like a shardgate node.
+            (self.dir / name).mkdir(exist_ok=True)
             argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-            argv += ["--appendonly", "no", "--dir", str(self.dir)]
+            argv += ["--appendonly", "no", "--dir", str(self.dir / name)]
             if name != "redis0":
                 argv += ["--replicaof", "127.0.0.1", str(p0)]
             self.argv[name] = argv
@@ -258,6 +274,7 @@ class RedisSentinelSystem:
         return True
 
     def start(self, name: str) -> None:
+        (self.dir / name / "dump.rdb").unlink(missing_ok=True)
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         self.procs[name] = subprocess.Popen(
             self.argv[name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True

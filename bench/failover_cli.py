@@ -115,7 +115,7 @@ def run_kills(
         blackouts = {w.path: blackout(w.writes, kill_at) for w in group}
         system.start(victim)
         # The restarted node must be a replica in sync before the next kill of this shard.
-        wait_for(partial(_settled, system, shard), timeout=90, what=f"{shard} to resync")
+        wait_for(partial(_settled, system, shard), timeout=180, what=f"{shard} to resync")
         now = time.monotonic()
         acked = [
             wr.key
@@ -244,7 +244,8 @@ def main(args: argparse.Namespace) -> int:
             *machine_info(),
             f"- Command: `{command}`",
             "- Blackout: SIGKILL of the shard's primary → first acknowledged SET sent after "
-            "it, per path (writers: one SET at a time per path and shard, 1 s timeout). Lost: "
+            "it, per path (writers: one SET at a time, at most 500/s, per path and shard, 1 s "
+            "timeout; after an error the next SET goes 5 ms later). Lost: "
             "acknowledged keys of the killed shard missing from the new primary once settled.",
             "",
             "\n\n".join(tables),
