@@ -230,11 +230,24 @@ class Cluster:
         wait_until(lambda: self.sentinel_primary(shard_name) not in (None, old.address),
                    timeout, f"failover of {shard_name}")  # fmt: skip
         address = self.sentinel_primary(shard_name)
+        assert address is not None
+        return self.adopt(shard_name, address)
+
+    def adopt(self, shard_name: str, address: str) -> Service:
+        """Make the node at ``address`` the shard's primary in our books (the others replicas)."""
+        shard = self.shards[shard_name]
         new = next(n for n in shard.nodes if n.address == address)
-        shard.replicas.remove(new)
-        shard.replicas.append(old)
-        shard.primary = new
+        if new is not shard.primary:
+            shard.replicas.remove(new)
+            shard.replicas.append(shard.primary)
+            shard.primary = new
         return new
+
+    def adopt_sentinel_view(self) -> None:
+        """Adopt the primaries the sentinels name now (after any further failover)."""
+        for name in self.shards:
+            if (address := self.sentinel_primary(name)) is not None:
+                self.adopt(name, address)
 
     def topology(self) -> Topology:
         return Topology(

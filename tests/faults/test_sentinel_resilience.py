@@ -1,4 +1,5 @@
-"""A sentinel survives its clients' network faults (found by the Jepsen scenario, scenario 3).
+"""A sentinel survives its clients' network faults (found by the Jepsen scenario, scenario 3;
+fixed in 1b80b62, kept as a regression test).
 
 When a partition heals, the TCP connections a proxy held to the sentinels across it are reset.
 Every process must survive a peer's reset; here one client connection is reset with an RST.
@@ -11,19 +12,12 @@ import struct
 import time
 from pathlib import Path
 
-import pytest
 import trio
 
 from tests.faults.cluster import Cluster, ShardSpec
 from tests.faults.processes import Services, in_thread
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sentinel: _serve_client catches BrokenResourceError, but _Connection.run raises it "
-    "inside a nursery, so it arrives as an ExceptionGroup, is not caught, and takes the whole "
-    "sentinel down (sentinel/server.py; `except*` would catch it)",
-)
 async def test_a_client_connection_reset_does_not_kill_the_sentinel(
     procs: Services, tmp_path: Path
 ) -> None:
