@@ -667,3 +667,60 @@ def test_default_cluster_fails_over_and_down_leaves_nothing(tmp_path: Path) -> N
             if not _gone(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_foreground_lab_leaves_nothing_behind(tmp_path: Path, stop: signal.Signals) -> None:
+    """`make lab` is `lab up --foreground`: it prints the endpoints, stays attached, and on
+    Ctrl-C stops the lab; even a `kill -9` of it takes every process with it (PDEATHSIG)."""
+    reason = _missing("shardgate", "shardgate")
+    if reason:
+        pytest.skip(reason)
+    directory = tmp_path / "lab"
+    args = ["up", "--foreground", "--dir", str(directory), "--base-port", "0", "--shards", "1"]
+    fg = subprocess.Popen(
+        [sys.executable, "-m", "shardgate", "lab", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    pids: list[int] = []
+    try:
+        assert fg.stdout is not None
+        out = []
+        deadline = time.monotonic() + CLI_TIMEOUT
+        for line in fg.stdout:  # until it says it is up (or exits)
+            out.append(line)
+            if line.startswith("running in the foreground"):
+                break
+            assert time.monotonic() < deadline
+        text = "".join(out)
+        assert "proxy0: redis-cli -p " in text and "sentinel2: redis-cli -p " in text, text
+        status = _status(directory)
+        pids = [row["pid"] for row in status.values()]
+        assert len(pids) == 7 and all(row["alive"] for row in status.values())
+        client = redis.Redis(port=status["proxy1"]["port"], socket_timeout=5)
+        try:
+            assert client.set("fg", "1") and client.get("fg") == b"1"
+        finally:
+            client.close()
+        fg.send_signal(stop)
+        fg.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while not all(_gone(pid) for pid in pids):
+            assert time.monotonic() < deadline, [p for p in pids if not _gone(p)]
+            time.sleep(0.05)
+        if stop == signal.SIGINT:
+            assert fg.returncode == 0
+            assert not (directory / "state.json").exists()
+    finally:
+        if fg.poll() is None:
+            fg.kill()
+            fg.wait(timeout=10)
+        if fg.stdout is not None:
+            fg.stdout.close()
+        for pid in pids:
+            if not _gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
