@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import sys
+import time
 
 import hiredis
 import msgpack
@@ -42,7 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ):
         q = verbs.add_parser(verb, help=text)
         q.add_argument("--host", default="127.0.0.1")
-        q.add_argument("--port", type=int, default=DEFAULT_PORT)
+        q.add_argument(
+            "--port",
+            type=int,
+            help=f"sentinel port (default: a sentinel of the lab in --lab-dir, else {DEFAULT_PORT})",
+        )
+        q.add_argument("--lab-dir", default=".lab", help="lab directory to find sentinels in")
         q.add_argument("--password")
         if verb in ("status", "topology", "history"):
             q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -50,6 +56,28 @@ def register(sub: argparse._SubParsersAction) -> None:
             q.add_argument("shard", help="the shard (Redis Sentinel's 'master name')")
         q.set_defaults(func=_inspect)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+class WallAlignedClock(trio.abc.Clock):
+    """trio's clock, monotonic, but aligned with the wall clock when the process starts.
+
+    trio's default clock starts at a random offset, so two sentinels' ``now`` would not be
+    comparable; failover timelines mix the leader's times with other sentinels' (a proxy's
+    adoption noted elsewhere). Aligned this way, sentinels on synchronised hosts agree to within
+    the clock skew, and time still never goes backwards inside one process.
+    """
+
+    def __init__(self) -> None:
+        self._offset = time.time() - time.monotonic()
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return time.monotonic() + self._offset
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        return deadline - self.current_time()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -84,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
 
     failure: OSError | None = None
     try:
-        trio.run(main)
+        trio.run(main, clock=WallAlignedClock())
     except* OSError as group:
         failure = group.exceptions[0]  # type: ignore[assignment]
     if failure is not None:
@@ -117,11 +145,37 @@ class _Conn:
             self.reader.feed(data)
 
 
+def lab_sentinels(lab_dir: str) -> list[tuple[str, int]]:
+    """Sentinels a running lab recorded in its state file (``shardgate lab up --dir``)."""
+    try:
+        with open(f"{lab_dir}/state.json", encoding="utf-8") as f:
+            procs = json.load(f).get("processes", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [
+        (str(p["host"]), int(p["port"]))
+        for p in procs
+        if isinstance(p, dict) and p.get("role") == "sentinel" and "port" in p
+    ]
+
+
+def _connect(args: argparse.Namespace) -> _Conn:
+    """The sentinel named by --port, or the first live one of the lab, or Redis's port."""
+    if args.port is not None:
+        return _Conn(args.host, args.port, args.password)
+    for host, port in lab_sentinels(args.lab_dir):
+        try:
+            return _Conn(host, port, args.password)
+        except OSError:
+            continue  # that sentinel is down: ask another
+    return _Conn(args.host, DEFAULT_PORT, args.password)
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from sentinel.messages import decode_topology
 
     try:
-        conn = _Conn(args.host, args.port, args.password)
+        conn = _connect(args)
         verb = args.verb
         if verb in ("status", "history"):
             mode = "json" if args.json else "text"

@@ -576,6 +576,10 @@ def up(
     plan = plan_lab(config, ports=ports)
     check_ports_free(plan)
     directory.mkdir(parents=True, exist_ok=True)
+    # A new lab is a new cluster: sentinel state left by an earlier lab in this directory would
+    # carry that cluster's topology (a higher epoch wins over the fresh config) and its ports.
+    for stale in directory.glob("*.state"):
+        stale.unlink()
     for name, content in plan.files:
         (directory / name).write_text(content)
     lab = Lab(directory)
