@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+import hiredis
 import trio
 
 from proxy.local import NOAUTH, Action, LocalContext, Session, execute
@@ -132,7 +133,7 @@ class ClientConn:
         counts = stats.commands
         now = trio.current_time()
         deadline = now + proxy.config.timeout
-        encode = proxy.encode
+        pack = hiredis.pack_command
         reads = proxy.reads
         retry = proxy.follower is not None
         while (args := parser.next_command()) is not None:
@@ -162,7 +163,7 @@ class ClientConn:
                 if conn.up and len(conn.waiters) < conn.max_queue:
                     pending = Pending(self, now, deadline)
                     queue.append(pending)
-                    request = encode(args)
+                    request = pack(tuple(args))  # type: ignore[arg-type]
                     if retry:
                         pending.retry = request  # kept for one retry after a -READONLY
                     conn.submit(pending, 0, request)

@@ -83,7 +83,6 @@ class Proxy:
         self.reads: list[ShardReads | None] | None = None
         self.next_client_id = 0
         self.reload_lock = trio.Lock()
-        self.encode = _pack
         self._dirty: list[ClientConn] = []
         self._flusher: trio.lowlevel.Task | None = None
         self.monitor = ReplicaMonitor(
@@ -591,10 +590,6 @@ def _flush(client: ClientConn) -> None:
         scope = getattr(client, "scope", None)
         if scope is not None:
             scope.cancel()
-
-
-def _pack(args: list[bytes]) -> bytes:
-    return hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
 
 
 def listen_socket(config: ProxyConfig) -> socket.socket:
