@@ -55,7 +55,15 @@ def _connect(spec: LoadSpec) -> socket.socket:
         sock.sendall(encode_command([b"AUTH", spec.password.encode()]))
         reply = sock.recv(1024)
         if not reply.startswith(b"+OK"):
+            sock.close()
             raise LoadError(f"AUTH failed: {reply.decode(errors='replace').strip()}")
+    # One PING first: a server that refuses every command (NOAUTH, LOADING) ends the run at
+    # once with its own words instead of a table of errors.
+    sock.sendall(encode_command([b"PING"]))
+    reply = sock.recv(1024)
+    if not reply.startswith(b"+PONG"):
+        sock.close()
+        raise LoadError(f"PING answered {reply.decode(errors='replace').strip()!r}")
     sock.setblocking(False)
     return sock
 
