@@ -15,6 +15,7 @@ How it works
 
 from __future__ import annotations
 
+import heapq
 import multiprocessing as mp
 import os
 import random
@@ -100,6 +101,8 @@ class _Worker:
         self.outbuf: list[bytes] = []
         self.closed_loop = spec.rate is None
         self.writing: list[bool] = []
+        self.blocked: list[bool] = []  # open loop: due, but --pipeline requests in flight
+        self.due: list[tuple[float, int]] = []  # open loop: (next due time, client) heap
 
     def connect(self, prefill_range: tuple[int, int] | None) -> None:
         for _ in range(self.spec.clients):
@@ -125,6 +128,7 @@ class _Worker:
             self.clients.append(c)
             self.outbuf.append(b"")
             self.writing.append(False)
+            self.blocked.append(False)
             self.sel.register(sock, selectors.EVENT_READ, i)
         measure_at = start + spec.warmup
         end = None if spec.duration is None else measure_at + spec.duration
@@ -152,14 +156,16 @@ class _Worker:
                 stopped = True
                 for c in self.clients:
                     c.budget = 0
-            if per_client_rate is not None or first:
-                # Open loop: the schedule decides. Closed loop: a client refills as soon as its
-                # last reply is in (in _ready), so only the first round is sent from here.
+            if first:
+                # Closed loop: a client refills as soon as its last reply is in (in _ready), so
+                # only the first round is sent from here. Open loop: this seeds the schedule.
                 first = False
-                for i, c in enumerate(self.clients):
-                    data = c.fill(now)
-                    if data:
-                        self._send(i, data)
+                for i in range(len(self.clients)):
+                    self._pump(i, now)
+            else:
+                # Open loop: only the clients whose next request is due (a heap, not a scan).
+                while self.due and self.due[0][0] <= now:
+                    self._pump(heapq.heappop(self.due)[1], now)
             ending = not sending or (budgets is not None and not warm and self._spent())
             if ending and not any(c.inflight for c in self.clients):
                 break
@@ -168,9 +174,8 @@ class _Worker:
                     c.lost(now)
                 break
             timeout = min(next_tick - now, 0.05)
-            if per_client_rate is not None:
-                due = min(c.next_due for c in self.clients)
-                timeout = max(0.0, min(timeout, due - now))
+            if self.due:
+                timeout = max(0.0, min(timeout, self.due[0][0] - now))
             for key, events in self.sel.select(timeout):
                 self._ready(key.data, events)
         finished = time.monotonic()
@@ -233,10 +238,27 @@ class _Worker:
                 return
             c = self.clients[i]
             c.feed(data, time.monotonic())
-            if self.closed_loop and not c.inflight:
-                more = c.fill(time.monotonic())  # closed loop: intended = now
-                if more:
-                    self._send(i, more)
+            if self.closed_loop:
+                if not c.inflight:
+                    more = c.fill(time.monotonic())  # closed loop: intended = now
+                    if more:
+                        self._send(i, more)
+            elif self.blocked[i]:
+                self.blocked[i] = False  # a reply freed a slot: send the overdue requests
+                self._pump(i, time.monotonic())
+
+    def _pump(self, i: int, now: float) -> None:
+        """Send what client ``i`` has due; open loop: reschedule it on the heap."""
+        c = self.clients[i]
+        data = c.fill(now)
+        if data:
+            self._send(i, data)
+        if self.closed_loop or c.budget == 0:
+            return
+        if c.next_due <= now:  # held back by the --pipeline cap: resumes on its next reply
+            self.blocked[i] = True
+        else:
+            heapq.heappush(self.due, (c.next_due, i))
 
     def _broken(self, i: int) -> None:
         """Count what was in flight as errors and reconnect (once; a dead server ends the run)."""
@@ -252,6 +274,9 @@ class _Worker:
         except OSError as exc:
             raise LoadError(f"lost the connection and could not reconnect: {exc}") from exc
         self.sel.register(self.socks[i], selectors.EVENT_READ, i)
+        if self.blocked[i]:
+            self.blocked[i] = False
+            self._pump(i, time.monotonic())
 
 
 def _worker_main(
@@ -335,6 +360,7 @@ def _collect(
     results: list[dict[str, Any] | None] = [None] * len(pipes)
     ticks: dict[int, list[dict[str, Any]]] = {}
     second = 0
+    warm_seconds = 0
     while any(r is None for r in results):
         if server_cpu0 is None and time.monotonic() >= start + spec.warmup:
             server_cpu0 = cpu_seconds(server_pids)
@@ -354,10 +380,12 @@ def _collect(
         if progress and ticks and all(len(ticks.get(i, [])) > second for i in range(len(pipes))):
             row = [ticks[i][second] for i in range(len(pipes))]
             hist = merge(decode(t["histogram"]) for t in row if t["histogram"])
+            warm = any(t["warm"] for t in row)
+            warm_seconds += warm
             progress(
                 _progress_line(
-                    second + 1,
-                    any(t["warm"] for t in row),
+                    second + 1 - (0 if warm else warm_seconds),
+                    warm,
                     sum(t["ops"] for t in row),
                     sum(t["errors"] for t in row),
                     Latency.of(hist).p99,
