@@ -154,6 +154,10 @@ def render_mode(mode: Mode, endpoints: Sequence[Endpoint], summ: Summaries, requ
             continue
         base = BASELINE.get(e.key)
         r = ratio(summ, e.key, base, mode.key) if base else None
+        shown = f"{r:.2f}x ({base})" if r is not None else "-"
+        if base and base != "a" and r is not None:  # proxies: against redis-server too
+            to_a = ratio(summ, e.key, "a", mode.key)
+            shown += f", {to_a:.2f}x (a)" if to_a is not None else ""
         rows.append(
             [
                 name,
@@ -162,7 +166,7 @@ def render_mode(mode: Mode, endpoints: Sequence[Endpoint], summ: Summaries, requ
                 f"{_fmt(st.p50_ms, '.3f')} / {_fmt(st.p99_ms, '.3f')}",
                 f"{_fmt(gt.p50_ms, '.3f')} / {_fmt(gt.p99_ms, '.3f')}",
                 f"{_fmt(st.cpu_us, '.1f')} / {_fmt(gt.cpu_us, '.1f')}",
-                f"{r:.2f}x ({base})" if r is not None else "-",
+                shown,
             ]
         )
     return f"#### {mode.title} — {requests:,} requests per run\n\n" + table(header, rows)

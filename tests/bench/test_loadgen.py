@@ -249,3 +249,18 @@ def test_compare_names_missing_debian_packages() -> None:
     }
     hint = compare_cli.install_hint(missing)
     assert "apt-get install nutcracker redis-server redis-tools" in hint
+
+
+def test_compare_tables_show_ratios_to_b_and_a() -> None:
+    from bench.report import MODES, Summary, render_mode
+    from bench.targets import Endpoint
+
+    def s(rps: float) -> Summary:
+        return Summary(rps, 0.5, 1.0, 10.0, 1)
+
+    rates = {"a": 100.0, "b": 50.0, "c": 40.0}
+    summ = {(k, "P1", t): s(v) for k, v in rates.items() for t in ("set", "get")}
+    endpoints = [Endpoint(k, k, k, "127.0.0.1", 1, 1) for k in rates]
+    text = render_mode(MODES[0], endpoints, summ, 1000)
+    assert "| 0.50x (a) |" in text  # (b) against redis-server
+    assert "| 0.80x (b), 0.40x (a) |" in text  # a proxy against nutcracker and redis-server
