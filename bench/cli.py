@@ -54,7 +54,9 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
         "--pipeline", type=int, default=1, help="requests in flight per connection (1)"
     )
     load.add_argument(
-        "--ratio", default="9:1", help="GET:SET weights, e.g. 9:1 (default), 1:1, 0:1 writes only"
+        "--ratio",
+        default="9:1",
+        help="GET:SET weights, e.g. 9:1 (default), 1:1, 0:1 writes only, 1:0 reads only",
     )
     load.add_argument("--keys", type=int, default=10_000, help="keyspace size (10000)")
     load.add_argument(
@@ -87,7 +89,9 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
         "--rate",
         type=float,
         default=None,
-        help="open loop: R requests/s in total on a fixed schedule (default: closed loop)",
+        help="open loop: R requests/s in total on a fixed schedule (default: closed loop); "
+        "--pipeline then caps the requests in flight per client, and a request held back by "
+        "the cap is still timed from its scheduled moment",
     )
     length.add_argument(
         "--procs",
