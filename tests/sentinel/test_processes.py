@@ -336,6 +336,7 @@ def test_a_paused_primary_takes_no_writes_after_it_resumes(tmp_path: Path) -> No
         old = c.node_ports[0]
         direct = redis.Redis(port=old, socket_timeout=2)
         assert direct.set("before", "1")
+        assert direct.execute_command("WAIT", 2, 2000) == 2  # async: make it durable first
         os.kill(c.nodes[old].pid, signal.SIGSTOP)
         try:
             wait_until(lambda: any(role(p) == "primary" for p in c.node_ports[1:]), 10, "failover")
