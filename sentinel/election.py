@@ -18,6 +18,9 @@ How it works
   ``[0, max_backoff_ms]`` before asking (so sentinels that saw ODOWN together rarely split the
   vote). A failed attempt, or a vote given to another candidate for that shard, blocks a new
   attempt for ``failover_timeout_ms`` plus a fresh back-off; the retry uses a higher epoch.
+  A split vote (every voter answered, and the answers show nobody can reach ``needed``) is the
+  exception: the attempt ends at once and is retried after a fresh back-off only, so a
+  three-way collision costs a round trip and a back-off instead of two failover timeouts.
 """
 
 from __future__ import annotations
@@ -118,6 +121,18 @@ class Candidacy:
 
     def elected(self, needed: int, members: frozenset[str] | None = None) -> bool:
         return self.granted(members) >= needed
+
+    def split(self, needed: int, members: frozenset[str]) -> bool:
+        """Nobody can win this epoch any more: even if every voter still silent voted for the
+        best-placed candidate, no candidate would reach ``needed``. Each voter says whom it
+        voted for, so this is known for certain, not guessed (a split vote: several sentinels
+        asked at the same moment and each voted for itself)."""
+        counts: dict[str, int] = {}
+        for voter, leader in self.answers.items():
+            if voter in members and leader:
+                counts[leader] = counts.get(leader, 0) + 1
+        silent = len(members - self.answers.keys())
+        return max(counts.values(), default=0) + silent < needed
 
     def expired(self, now: int) -> bool:
         return now >= self.deadline_ms

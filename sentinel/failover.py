@@ -89,6 +89,7 @@ TRANSITIONS: dict[Step, frozenset[Step]] = {
 
 class AbortReason(enum.Enum):
     NOT_ELECTED = "not-elected"
+    SPLIT_VOTE = "split-vote"  # every voter answered and nobody can win this epoch
     NO_ELIGIBLE_REPLICA = "no-good-replica"
     PRIMARY_RECOVERED = "primary-recovered"
     PAUSE_TIMEOUT = "pause-timeout"

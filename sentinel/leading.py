@@ -141,6 +141,8 @@ class Leading(abc.ABC):
         members = frozenset({self.id, *(m.key for m in self.membership.sentinels())})
         needed = votes_needed(sentinels=len(members), quorum=self.config.quorum)
         if not cand.elected(needed, members):
+            if cand.split(needed, members):
+                return self._finish(fo, fo.abort(AbortReason.SPLIT_VOTE, now), now)
             return []
         actions = fo.elected(
             now,
@@ -197,8 +199,12 @@ class Leading(abc.ABC):
         del self.failovers[fo.shard.name]
         self.candidacies.pop(fo.shard.name, None)
         self._remember(fo.record())
-        if fo.step is Step.DONE or fo.abort_reason is AbortReason.SUPERSEDED:
-            # Superseded: another change got a higher epoch first; retry at once if still down.
+        if fo.step is Step.DONE or fo.abort_reason in (
+            AbortReason.SUPERSEDED,
+            AbortReason.SPLIT_VOTE,
+        ):
+            # Superseded: another change got a higher epoch first. Split vote: nobody could win
+            # that epoch. Either way retry (after a fresh back-off) if still down.
             self.timer.clear(fo.shard.name)
         else:
             self.timer.cool_down(fo.shard.name, now)

@@ -53,6 +53,8 @@ _OOM_TEXT = "OOM command not allowed when used memory > 'maxmemory'."
 _READONLY_REPLICA = "READONLY You can't write against a read only replica."
 _NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
 _FLUSHES = frozenset({"flushdb", "flushall"})
+# The background tick runs every 1/hz (100 ms); a gap this long means the process was stopped.
+STALL_SECONDS = 1.0
 
 
 @attrs.define(slots=True)
@@ -150,6 +152,9 @@ class Node:
         # CLIENT PAUSE ms WRITE: writes wait until this monotonic time (a manual failover).
         self.writes_paused_until = 0.0
         self.on_unpause: Callable[[], None] = lambda: None
+        # Stall detection for min-replicas: the server's background loop stamps last_tick.
+        self.last_tick = monotonic()
+        self.woke_at = 0.0
         self.roles = RoleState(role=Role.UNASSIGNED if config.managed else Role.PRIMARY)
         if config.replicaof:
             self.roles = roles.manual(self.roles, Role.REPLICA, config.replicaof)
@@ -270,8 +275,16 @@ class Node:
                 "refresh the topology."
             )
         need = self.config.min_replicas_to_write
-        if need and self.repl.replicas.good(monotonic(), self.config.min_replicas_max_lag) < need:
-            return _NOREPLICAS
+        if need:
+            now = monotonic()
+            if now - self.last_tick > STALL_SECONDS:
+                # The background tick (every 100 ms) has not run for a while: the process was
+                # stopped (SIGSTOP, a VM pause). Whoever followed us then may follow someone else
+                # now; only acks sent after waking count (docs/replication.md).
+                self.woke_at = now
+                self.last_tick = now
+            if self.repl.replicas.good(now, self.config.min_replicas_max_lag, self.woke_at) < need:
+                return _NOREPLICAS
         return None
 
     def _propagate(self, route: _Route, args: list[bytes], now_ms: int) -> None:

@@ -122,6 +122,9 @@ class ReplicaTable:
         """Replicas that have acknowledged everything up to ``offset``."""
         return sum(1 for r in self.replicas.values() if r.online and r.ack_offset >= offset)
 
-    def good(self, now: float, max_lag: float) -> int:
-        """Online replicas that acked within ``max_lag`` seconds (min-replicas-to-write)."""
-        return sum(1 for r in self.replicas.values() if r.online and now - r.last_ack <= max_lag)
+    def good(self, now: float, max_lag: float, since: float = 0.0) -> int:
+        """Online replicas that acked within ``max_lag`` seconds (min-replicas-to-write), and
+        not before ``since`` (when this node last woke from a stall: acks from before it prove
+        nothing about who follows us now)."""
+        oldest = max(now - max_lag, since)
+        return sum(1 for r in self.replicas.values() if r.online and r.last_ack >= oldest)

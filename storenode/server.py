@@ -35,7 +35,7 @@ import trio.lowlevel
 from shardgate.logs import log_event
 from shardgate.resp import ProtocolError, encode_error
 from storenode.config import NodeConfig
-from storenode.node import Node
+from storenode.node import STALL_SECONDS, Node
 from storenode.node_types import Deferred, PausedWrite, ServeReplica, WaitForAcks
 from storenode.reactor import Reactor
 from storenode.repl_primary import AckBoard, request_acks, serve_replica
@@ -365,6 +365,11 @@ class NodeServer:
         while True:
             period = 1.0 / self.node.config.hz
             await trio.sleep(period)
+            node = self.node
+            tick = time.monotonic()
+            if tick - node.last_tick > STALL_SECONDS:
+                node.woke_at = tick  # we were stopped: see Node._refuse_write
+            node.last_tick = tick
             if self._reactor is not None:
                 self._reactor.check_stalls()
             if perf() >= next_freeze:

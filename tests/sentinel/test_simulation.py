@@ -342,3 +342,27 @@ async def test_a_dead_sentinel_is_forgotten_at_an_exact_time(
     ]
     assert (status.sentinels, status.majority, status.needed) == (2, 2, 2)
     assert decode_state(c.disk["s1"]).sentinels == (("s2", addr(26380)),)
+
+
+async def test_a_split_vote_is_retried_after_a_back_off_not_a_failover_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """All three ask at 6003 (back-off 0) and each votes for itself: the answers show nobody
+    can win epoch 2, so each abandons it as soon as both answers are in (6005) and re-arms a
+    back-off; s1 (0 ms) asks again under epoch 3 at once, the others (40, 80 ms) vote for it."""
+    c = Cluster(one_shard(), backoffs={"s1": (0, 0), "s2": (0, 40), "s3": (0, 80)})
+    async with trio.open_nursery() as nursery:
+        c.start(nursery)
+        await sleep_until_ms(5050)
+        c.nodes[P].alive = False
+        await sleep_until_ms(7000)
+        nursery.cancel_scope.cancel()
+    tries = [(e[0], e[1], e[2].get("epoch")) for e in c.events("+try-failover")]
+    assert sorted(tries[:3]) == [(6003, "s1", "2"), (6003, "s2", "2"), (6003, "s3", "2")]
+    splits = sorted((e[0], e[1]) for e in c.events("-failover-abort-split-vote"))
+    assert splits == [(6005, "s1"), (6005, "s2"), (6005, "s3")]
+    elected = [(e[0], e[1], e[2].get("epoch")) for e in c.events("+elected-leader")]
+    assert len(elected) == 1 and elected[0][1] == "s1" and elected[0][2] == "3"
+    assert elected[0][0] < 6003 + 200  # a round trip and a back-off, not 2 x failover timeout
+    assert [(p.by, p.topology.epoch) for p in c.published] == [("s1", 3)]
+    assert c.nodes[R1].role == Role.PRIMARY
