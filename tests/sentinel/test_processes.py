@@ -357,3 +357,51 @@ def test_a_paused_primary_takes_no_writes_after_it_resumes(tmp_path: Path) -> No
         assert role(old) == "replica"
         new = redis.Redis(port=c.primary())
         assert new.get("after-resume") is None and new.get("before") == b"1"
+
+
+def test_a_candidate_stopped_mid_election_is_replaced_under_a_higher_epoch(tmp_path: Path) -> None:
+    """The first sentinel to ask for votes is frozen (SIGSTOP) the moment it asks: its peers
+    may have voted for it, but it never acts. Another sentinel must finish the failover under a
+    higher epoch, and the frozen one, once resumed, must adopt that topology, not undo it."""
+    import socket as _socket
+
+    with cluster(tmp_path) as c:
+        watchers = []
+        for port in c.sentinel_ports:
+            s = _socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"SUBSCRIBE +try-failover\r\n")
+            watchers.append(s)
+        for s in watchers:
+            s.recv(4096)  # the subscribe confirmation
+        c.kill(c.nodes[c.node_ports[0]])
+        import select as _select
+
+        ready, _, _ = _select.select(watchers, [], [], 10)
+        assert ready, "nobody tried to fail over"
+        frozen = watchers.index(ready[0])
+        os.kill(c.sentinels[frozen].pid, signal.SIGSTOP)
+        asked = ready[0].recv(4096).decode("utf-8", "replace")
+        frozen_epoch = int(asked.split("epoch=")[1].split()[0])
+        try:
+            wait_until(lambda: any(role(p) == "primary" for p in c.node_ports[1:]), 15, "failover")
+            new = c.primary()
+            epoch = int(redis.Redis(port=new).info("replication")["shardgate_epoch"])
+        finally:
+            os.kill(c.sentinels[frozen].pid, signal.SIGCONT)
+        r = redis.Redis(port=c.sentinel_ports[frozen], socket_timeout=2)
+        wait_until(
+            lambda: r.info()["shardgate_topology_epoch"] >= epoch, 10, "frozen one converges"
+        )
+        assert c.primary() == new  # it did not undo the failover
+        done = [h for h in _history(c) if h["outcome"] == "done"]
+        print(f"frozen s{frozen}; epoch {epoch}; done {[(h['epoch'], h['leader']) for h in done]}")
+        assert done[-1]["epoch"] == epoch
+        # Someone else finished it, under the frozen candidate's epoch (a rival candidate that
+        # won that election) or a higher one (a retry once the votes for it came to nothing).
+        assert epoch >= frozen_epoch
+        if done[-1]["leader"] == f"s{frozen}":
+            # The SIGSTOP landed after it had already finished (a race of a millisecond or
+            # two): then it must be the only failover, with nothing left for others to do.
+            assert len(done) == 1 and epoch == frozen_epoch
+        for s in watchers:
+            s.close()
