@@ -357,6 +357,7 @@ class BackendConn:
         lat_counts = self.latency.counts
         lat_bounds = self.latency.bounds
         lat_sum = 0.0
+        answered = False
         wait = False
         while True:
             if wait:
@@ -403,8 +404,11 @@ class BackendConn:
                     raise BackendLost("reply with no request waiting")
                 pending, part = waiters.popleft()
                 if self._expired:
-                    self._expired -= 1
-                elif (
+                    self._expired -= 1  # a late reply: it proves nothing about the timeouts
+                    pos = end
+                    continue
+                answered = True
+                if (
                     kind == 45
                     and pending.retry is not None
                     and buf.startswith(b"-READONLY", pos)
@@ -421,11 +425,14 @@ class BackendConn:
                         owner.touched = True
                         touched.append(owner)
                 pos = end
-            if pos:
+            if answered:
+                # Only a reply to a request still waiting ends a timeout streak: late replies
+                # to expired requests keep coming from a slow backend (docs/faults.md, 11).
                 self.health.consecutive_timeouts = 0
-                if lat_sum:
-                    self.latency.total += lat_sum
-                    lat_sum = 0.0
+                answered = False
+            if lat_sum:
+                self.latency.total += lat_sum
+                lat_sum = 0.0
             buf = buf[pos:] if pos < n else b""
             if touched:
                 self.on_flush(touched)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 import redis
 import trio
 
@@ -93,12 +92,6 @@ async def test_slow_backend_only_slows_its_own_shard(procs: Services, tmp_path: 
     print(f"scenario 11 (slow backend, timeout {TIMEOUT_MS} ms): {results}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy: a backend that answers, but later than the timeout, never trips the "
-    "3-consecutive-timeouts breaker (docs/proxy.md) - each late reply resets the count, so "
-    "every request waits the full timeout instead of failing fast (docs/faults.md, scenario 11)",
-)
 async def test_consecutive_timeouts_on_a_slow_backend_trip_the_breaker(
     procs: Services, tmp_path: Path
 ) -> None:
