@@ -204,6 +204,10 @@ def _up(args: argparse.Namespace) -> int:
     reported: set[str] = set()
     try:
         while True:
+            if not lab.state_path.exists():
+                # `lab down` from another shell removed the lab's state: nothing left to watch.
+                print("the lab was stopped elsewhere (lab down)", flush=True)
+                break
             for row in lab.status(probe_roles=False):
                 if not row.alive and row.name not in reported:
                     reported.add(row.name)

@@ -669,8 +669,10 @@ def test_default_cluster_fails_over_and_down_leaves_nothing(tmp_path: Path) -> N
                     os.killpg(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
-def test_foreground_lab_leaves_nothing_behind(tmp_path: Path, stop: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGKILL, None], ids=["ctrl-c", "kill-9", "lab-down-elsewhere"]
+)
+def test_foreground_lab_leaves_nothing_behind(tmp_path: Path, stop: signal.Signals | None) -> None:
     """`make lab` is `lab up --foreground`: it prints the endpoints, stays attached, and on
     Ctrl-C stops the lab; even a `kill -9` of it takes every process with it (PDEATHSIG)."""
     reason = _missing("shardgate", "shardgate")
@@ -705,13 +707,16 @@ def test_foreground_lab_leaves_nothing_behind(tmp_path: Path, stop: signal.Signa
             assert client.set("fg", "1") and client.get("fg") == b"1"
         finally:
             client.close()
-        fg.send_signal(stop)
+        if stop is None:  # `lab down` from another shell: the foreground runner exits too
+            _lab("down", "--dir", str(directory))
+        else:
+            fg.send_signal(stop)
         fg.wait(timeout=30)
         deadline = time.monotonic() + 10
         while not all(_gone(pid) for pid in pids):
             assert time.monotonic() < deadline, [p for p in pids if not _gone(p)]
             time.sleep(0.05)
-        if stop == signal.SIGINT:
+        if stop in (signal.SIGINT, None):
             assert fg.returncode == 0
             assert not (directory / "state.json").exists()
     finally:
