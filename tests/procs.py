@@ -12,10 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -31,6 +32,21 @@ class Proc:
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> float:
+    """Poll ``check`` until truthy; return how long it took. A Redis or socket error counts as
+    "not yet" (the process may be restarting); the last one is named if time runs out."""
+    start = time.monotonic()
+    last: object = None
+    while time.monotonic() - start < timeout:
+        try:
+            if last := check():
+                return time.monotonic() - start
+        except (redis.RedisError, OSError) as exc:
+            last = exc
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def free_port() -> int:

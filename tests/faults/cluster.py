@@ -11,7 +11,6 @@ sentinel scenarios replace it with real sentinels and keep everything else.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -21,7 +20,8 @@ import redis
 
 from shardgate.topology import NodeAddress, Shard, SlotRange, Topology
 from tests.faults.netns import Host, Network
-from tests.faults.processes import Service, Services, fault_proxy, free_port
+from tests.faults.processes import Service, Services, fault_proxy
+from tests.procs import free_port, wait_until
 
 SLOTS = 16384
 SENTINEL_PORT = 26379  # Redis Sentinel's; used inside a namespace, which has its own ports
@@ -53,20 +53,6 @@ class ShardProcs:
     def routed_address(self) -> str:
         link = self.backend_link
         return link.address if link is not None else self.primary.address
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> float:
-    """Poll ``check`` until truthy; return how long it took. Redis errors count as not yet."""
-    start = time.monotonic()
-    last: object = None
-    while time.monotonic() - start < timeout:
-        try:
-            if last := check():
-                return time.monotonic() - start
-        except redis.RedisError as exc:
-            last = exc
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def repl_info(node: Service) -> dict[str, object]:

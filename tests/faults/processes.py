@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -215,13 +214,6 @@ def services() -> Iterator[Services]:
         yield group
     finally:
         group.stop_all()
-
-
-def free_port() -> int:
-    """A port the OS says is free on loopback now (for configs that must name it up front)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fault_proxy(name: str, target: str, *, host: Host | None = None) -> Service:

@@ -19,13 +19,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.procs import free_port
+
 ROOT = Path(__file__).parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -23,21 +23,17 @@ import pytest
 import redis
 
 from shardgate.slots import slot_for_key
-from tests.procs import ROOT, Proc, free_port, running
+from tests.procs import (
+    ROOT,
+    Proc,
+    free_port,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 DOWN_AFTER_MS = 1000  # the benchmark setting
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        with contextlib.suppress(redis.RedisError, OSError):
-            if check():
-                return time.monotonic() - start
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def key_on(shard: int, prefix: str = "k") -> str:

@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -15,19 +15,14 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
-from tests.procs import Proc, free_port, running
+from tests.procs import (
+    Proc,
+    free_port,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        with contextlib.suppress(redis.RedisError, OSError):
-            if check():
-                return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def role(port: int) -> str:

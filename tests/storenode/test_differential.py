@@ -26,6 +26,7 @@ from shardgate.errors import CommandError, unknown_command, wrong_arity
 from shardgate.resp import encode_command, encode_reply, reply_end, split_inline
 from storenode.executor import Executor
 from storenode.keyspace import Keyspace
+from tests.procs import free_port
 
 SCRIPT = Path(__file__).with_name("differential_script.txt")
 REPO = Path(__file__).resolve().parents[2]
@@ -83,12 +84,6 @@ def parse_reply(buf: bytes, pos: int = 0) -> tuple[object, int]:
 
 
 # --- backends -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Connection:

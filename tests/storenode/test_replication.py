@@ -8,25 +8,18 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from tests.procs import Proc, running
+from tests.procs import (
+    Proc,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check`` until true; return the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        with contextlib.suppress(redis.RedisError):
-            if check():
-                return time.monotonic() - start
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def client(p: Proc) -> redis.Redis:
