@@ -1,7 +1,8 @@
 """``--plot FILE.png``: latency percentiles and throughput over time (matplotlib, optional).
 
-matplotlib is the optional extra ``bench`` (``pip install 'shardgate[bench]'``); without it
-``--plot`` fails before the run starts and says how to install it.
+matplotlib is the extra ``bench``, which the Makefile's venv (``make lab``, ``make test``) installs;
+a bare ``pip install shardgate`` leaves it out, and then ``--plot`` fails before the run starts
+and says how to install it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import textwrap
 from bench.loadstats import Result
 
 INSTALL_HINT = (
-    "--plot needs matplotlib: .venv/bin/pip install 'shardgate[bench]' "
+    "--plot needs matplotlib (make lab installs it): .venv/bin/pip install 'shardgate[bench]' "
     "(or: pip install matplotlib; Debian: apt-get install python3-matplotlib)"
 )
 
