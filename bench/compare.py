@@ -6,9 +6,13 @@ Run from an exported snapshot of a commit (``git archive``) with ``BENCH_COMMIT=
 report names the code it measured.
 
 How it works
-- Every endpoint (see ``bench.targets``) is started at once in a lab directory, warmed up (SETs
-  over the whole keyspace, so GETs hit), then measured with redis-benchmark: 50 clients,
-  100-byte values, SET and GET as separate runs, at ``-P 1``, ``-P 16`` and ``-c 1 -P 1``.
+- Every endpoint (see ``bench.targets``) is started at once in a lab directory.
+- Before any load, each endpoint's RSS is read with no client and with 1,000 idle clients that
+  each did a PING (``bench.idle_clients``).
+- Then each is warmed up (SETs over the whole keyspace, so GETs hit) and measured with
+  redis-benchmark: 50 clients, 100-byte values, SET and GET as separate runs, at ``-P 1`` and
+  ``-P 16``; MGET of 10 keys at 50 clients; SET and GET at 500 clients and at ``-c 1 -P 1``
+  (``bench.report.MODES``).
 - Runs alternate between endpoints (a b c … then … c b a), ``--rounds`` times per mode; every
   figure reported is the median over the rounds (shared/performance-notes.md, "How to measure").
 - Around every run the CPU time (utime+stime) of the process under test is read from /proc, so
@@ -37,11 +41,12 @@ from importlib import metadata
 from pathlib import Path
 from types import FrameType
 
-from bench import fulllab, keymem, redis_benchmark
+from bench import fulllab, idle_clients, keymem, redis_benchmark
+from bench.idle_clients import IdleError, IdleMemory
 from bench.markdown import replace_section
 from bench.procstats import cpu_us_per_request, group_cpu_ticks
 from bench.redis_benchmark import BenchmarkError
-from bench.report import MODES, TESTS, Mode, Sample, render, run_size
+from bench.report import MODES, Mode, Sample, render, run_size
 from bench.targets import ENDPOINTS, Endpoint, missing_pieces, start_all
 from shardgate.lab import Lab, group_members
 
@@ -94,7 +99,7 @@ def run_comparison(
         error = warm_up(e)
         if error:
             echo(f"bench: warm-up of ({e.key}) failed: {error}")
-            samples += [Sample(e.key, m.key, t, None, None, error) for m in MODES for t in TESTS]
+            samples += [Sample(e.key, m.key, t, None, None, error) for m in MODES for t in m.tests]
             live.remove(e)
     failed: dict[str, str] = {}  # an endpoint that failed once is not run again
     for mode in MODES:
@@ -102,7 +107,7 @@ def run_comparison(
         for r in range(rounds):
             order = live if r % 2 == 0 else live[::-1]  # a b c … then … c b a
             for e in order:
-                for test in TESTS:
+                for test in mode.tests:
                     if e.key in failed:
                         samples.append(Sample(e.key, mode.key, test, None, None, failed[e.key]))
                         continue
@@ -114,6 +119,34 @@ def run_comparison(
                     cpu = f", {s.cpu_us:.1f} µs CPU/req" if s.cpu_us is not None else ""
                     echo(f"[{mode.key} {r + 1}/{rounds}] ({e.key}) {test}: {shown}{cpu}")
     return samples
+
+
+def measure_idle(
+    endpoints: Sequence[Endpoint], *, count: int, echo: Callable[[str], None]
+) -> tuple[list[IdleMemory], dict[str, str]]:
+    """RSS of every available endpoint without clients and with ``count`` idle ones."""
+    results: list[IdleMemory] = []
+    unavailable: dict[str, str] = {}
+    for e in endpoints:
+        name = f"({e.key}) {e.label}"
+        if not e.available:
+            unavailable[name] = e.unavailable or "not available"
+            continue
+        assert e.host and e.port and e.pgid
+        try:
+            m = idle_clients.measure(
+                e.key, e.label, host=e.host, port=e.port, pgid=e.pgid, count=count
+            )
+        except (IdleError, OSError) as exc:
+            unavailable[name] = f"failed: {exc}"
+            echo(f"bench: ({e.key}) {count:,} idle clients: FAILED: {exc}")
+            continue
+        results.append(m)
+        echo(
+            f"bench: ({e.key}) RSS {m.rss_before / 2**20:.1f} MiB -> {m.rss_after / 2**20:.1f} MiB "
+            f"with {count:,} idle clients, {m.kib_per_connection:.1f} KiB each"
+        )
+    return results, unavailable
 
 
 def _lines(argv: list[str]) -> list[str]:
@@ -192,6 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="endpoints to run, e.g. a,b,c (default all)")
     parser.add_argument("--no-memory", action="store_true", help="skip the bytes-per-key part")
     parser.add_argument("--profile", action="store_true", help="py-spy the proxy (c) at -P 16")
+    parser.add_argument(
+        "--idle-clients",
+        type=int,
+        default=idle_clients.IDLE_CLIENTS,
+        help="idle connections for the RSS part (default 1000; 0 skips it)",
+    )
     parser.add_argument("--write", metavar="FILE", help="replace the compare section of FILE")
     parser.add_argument("--dir", default=None, help="directory for logs (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -201,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"--only: unknown endpoint(s) {','.join(sorted(wanted - set(known)))}; known: {','.join(known)}"
         )
+    if args.idle_clients < 0:
+        parser.error("--idle-clients: must be 0 or more")
     rounds = args.rounds or (1 if args.quick else 3)
     scale = 0.1 if args.quick else 1.0
     keys = KEYMEM_KEYS // 10 if args.quick else KEYMEM_KEYS
@@ -212,12 +253,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the lab below stops its processes.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Before anything starts: the servers inherit it (redis-server caps maxclients by it).
+    soft, need = idle_clients.raise_open_files_limit(max(args.idle_clients, 500))
+    if soft < need:
+        echo(f"bench: open-files limit {soft} < {need}: idle-client and 500-client runs may fail")
     directory = args.dir or tempfile.mkdtemp(prefix="shardgate-bench-")
     echo(f"bench: processes and logs in {directory}")
     started = time.monotonic()
     mem: list[keymem.KeyMemory] = []
     mem_unavailable: dict[str, str] = {}
     profile = None
+    idle: list[IdleMemory] = []
+    idle_unavailable: dict[str, str] = {}
     # Both stop every process they started on the way out, whatever happens.
     with Lab(directory) as lab, contextlib.ExitStack() as full:
         endpoints = list(start_all(lab, echo=echo).values())
@@ -229,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for e in endpoints:
             where = f"{e.host}:{e.port}" if e.available else f"not available — {e.unavailable}"
             echo(f"bench: ({e.key}) {e.label}: {where}")
+        if args.idle_clients:
+            idle, idle_unavailable = measure_idle(endpoints, count=args.idle_clients, echo=echo)
         load_before = load_average()
         samples = run_comparison(endpoints, rounds=rounds, scale=scale, echo=echo)
         load_after = load_average()
@@ -264,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         mem_unavailable=mem_unavailable,
         machine=[*machine_info(), load_line(load_before, load_after)],
         profile=profile,
+        idle=idle,
+        idle_unavailable=idle_unavailable,
+        idle_clients=args.idle_clients,
     )
     print(markdown)
     echo(f"bench: done in {time.monotonic() - started:.0f} s")

@@ -44,9 +44,12 @@ def register(sub: Any, *, func: Callable[[argparse.Namespace], int]) -> None:
             "redis-servers; (c) shardgate proxy -> the same redis-servers; (d) shardgate proxy -> "
             "2 shardgate nodes; (e) proxy --workers 2 -> the redis-servers; (l) the full lab "
             "(`shardgate lab up`: 3 shards x primary + replica, 3 sentinels, proxies following "
-            "them) through proxy0; (n) one shardgate node. Measures each with redis-benchmark (SET/GET, -P 1, -P 16, 1 client), runs "
-            "alternating, medians of --rounds, CPU us/request from /proc, bytes per key; prints "
-            "ratios to (b) and (a) and rewrites the `compare` section of --write FILE."
+            "them) through proxy0; (n) one shardgate node. First the RSS of each with 1,000 idle "
+            "clients; then redis-benchmark runs: SET/GET at -P 1 and -P 16, MGET of 10 keys, "
+            "SET/GET with 500 clients and with 1 client; runs alternate between endpoints, "
+            "medians of --rounds, CPU us/request from /proc; then bytes per key. Prints ratios to "
+            "(b) and (a) and rewrites the `compare` section of --write FILE (nothing else in it). "
+            "Needs redis-server, redis-tools and nutcracker from Debian; installs nothing."
         ),
     )
     p.add_argument("--quick", action="store_true", help="1 round, runs / 10, 100k keys")
@@ -56,6 +59,12 @@ def register(sub: Any, *, func: Callable[[argparse.Namespace], int]) -> None:
     )
     p.add_argument("--no-memory", action="store_true", help="skip the bytes-per-key part")
     p.add_argument("--profile", action="store_true", help="py-spy the proxy (c) at -P 16")
+    p.add_argument(
+        "--idle-clients",
+        type=int,
+        default=None,
+        help="idle connections for the RSS part (default 1000; 0 skips it)",
+    )
     p.add_argument("--write", metavar="FILE", help="replace the compare section of FILE")
     p.add_argument("--dir", default=None, help="directory for logs (default: a temp dir)")
     p.set_defaults(func=func)
@@ -66,18 +75,24 @@ def forwarded_argv(args: argparse.Namespace) -> list[str]:
     for flag in ("quick", "no_memory", "profile"):
         if getattr(args, flag):
             argv.append("--" + flag.replace("_", "-"))
-    for opt in ("rounds", "only", "write", "dir"):
+    for opt in ("rounds", "only", "idle_clients", "write", "dir"):
         value = getattr(args, opt)
-        if value:
-            argv += ["--" + opt, str(value)]
+        if value is not None and value != "":
+            argv += ["--" + opt.replace("_", "-"), str(value)]
     return argv
 
 
-def main(args: argparse.Namespace) -> int:
-    missing = missing_programs()
+def main(args: argparse.Namespace, *, which: Callable[[str], str | None] = shutil.which) -> int:
+    missing = missing_programs(which)
     if missing:
         print(f"shardgate bench compare: {install_hint(missing)}")
         return 2
+    if args.profile:
+        from bench.profile import py_spy
+
+        if py_spy() is None:
+            print(f"shardgate bench compare: --profile needs py-spy: {OPTIONAL['py-spy']}")
+            return 2
     from bench import compare
 
     return compare.main(forwarded_argv(args))

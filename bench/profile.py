@@ -60,12 +60,18 @@ def headline(text: str, *, top: int = 6) -> str:
     )
 
 
+def py_spy() -> str | None:
+    """py-spy on PATH or beside this Python (a venv's bin), or None."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return spy if Path(spy).exists() else None
+
+
 def profile_endpoint(
     endpoint: Endpoint, directory: Path, *, echo: Callable[[str], None]
 ) -> str | None:
     """Sample ``endpoint``'s process with py-spy during a -P 16 SET then GET load."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists() or endpoint.pgid is None or endpoint.port is None:
+    spy = py_spy()
+    if spy is None or endpoint.pgid is None or endpoint.port is None:
         echo("bench: py-spy not found; no profile (pip install py-spy)")
         return None
     out = directory / f"profile-{endpoint.key}.txt"

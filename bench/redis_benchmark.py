@@ -20,6 +20,10 @@ import attrs
 CLIENTS = 50
 VALUE_SIZE = 100  # bytes
 KEYSPACE = 10_000  # -r: keys spread over every shard; small enough that GETs hit after warmup
+MGET_KEYS = 10  # issue 7: "MGET of 10 keys"
+# redis-benchmark has no MGET test; a custom command does it. Every ``__rand_int__`` is replaced
+# by its own random number in 0..-r, padded as ``-t set`` writes the keys (key:000000001234).
+RANDOM_KEY = "key:__rand_int__"
 
 
 class BenchmarkError(Exception):
@@ -77,7 +81,14 @@ def command(
     pipeline: int = 1,
     value_size: int = VALUE_SIZE,
     keyspace: int = KEYSPACE,
+    mget_keys: int = MGET_KEYS,
 ) -> list[str]:
+    """The argv of one run; ``test`` is a redis-benchmark ``-t`` test, or ``mget`` for an MGET
+    of ``mget_keys`` random keys of the keyspace."""
+    if test == "mget":  # options first: what follows --csv is the command
+        what = ["--csv", "MGET", *[RANDOM_KEY] * mget_keys]
+    else:
+        what = ["-t", test, "--csv"]
     return [
         "redis-benchmark",
         "-h",
@@ -94,9 +105,7 @@ def command(
         str(keyspace),
         "-P",
         str(pipeline),
-        "-t",
-        test,
-        "--csv",
+        *what,
     ]
 
 

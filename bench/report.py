@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import shlex
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
 from bench import redis_benchmark
+from bench.idle_clients import IDLE_CLIENTS, IdleMemory, render_idle
 from bench.keymem import KeyMemory
 from bench.markdown import table
 from bench.redis_benchmark import BenchRow
@@ -24,15 +25,33 @@ class Mode:
     clients: int
     pipeline: int
     requests: int  # per run, at full size
+    tests: tuple[str, ...] = TESTS  # redis-benchmark -t tests, or "mget" (bench.redis_benchmark)
 
 
 # Run sizes: each run lasts ~1-6 s on a 2-core VM for every endpoint, so CPU ticks (10 ms)
-# stay well resolved and a full run stays under ~10 minutes.
+# stay well resolved and a full run stays around a quarter of an hour.
 MODES = (
     Mode("P1", "50 clients, -P 1", 50, 1, 100_000),
     Mode("P16", "50 clients, -P 16", 50, 16, 500_000),
+    Mode(
+        "mget10",
+        f"MGET of {redis_benchmark.MGET_KEYS} keys (one request reads {redis_benchmark.MGET_KEYS}), "
+        "50 clients, -P 1",
+        50,
+        1,
+        50_000,
+        ("mget",),
+    ),
+    Mode("c500", "500 clients, -P 1", 500, 1, 100_000),
     Mode("c1", "1 client, -P 1 (hop latency)", 1, 1, 10_000),
 )
+MODE_BY_KEY = {m.key: m for m in MODES}
+
+
+def mode_tests(mode: str) -> tuple[str, ...]:
+    """The tests a mode runs (SET and GET unless it is the MGET mode)."""
+    known = MODE_BY_KEY.get(mode)
+    return known.tests if known else TESTS
 
 
 def run_size(mode: Mode, scale: float) -> int:
@@ -91,9 +110,9 @@ def summarize(samples: Sequence[Sample]) -> Summaries:
 
 
 def ratio(summ: Summaries, top: str, bottom: str, mode: str) -> float | None:
-    """Mean over SET and GET of ops/s(top) ÷ ops/s(bottom)."""
+    """Mean over the mode's tests (SET and GET, or MGET) of ops/s(top) ÷ ops/s(bottom)."""
     parts = []
-    for t in TESTS:
+    for t in mode_tests(mode):
         a, b = summ.get((top, mode, t)), summ.get((bottom, mode, t))
         if not a or not b or not a.rps or not b.rps:
             return None
@@ -102,9 +121,9 @@ def ratio(summ: Summaries, top: str, bottom: str, mode: str) -> float | None:
 
 
 def cpu_ratio(summ: Summaries, top: str, bottom: str, mode: str) -> float | None:
-    """Mean over SET and GET of CPU µs/request(top) ÷ CPU µs/request(bottom)."""
+    """Mean over the mode's tests of CPU µs/request(top) ÷ CPU µs/request(bottom)."""
     parts = []
-    for t in TESTS:
+    for t in mode_tests(mode):
         a, b = summ.get((top, mode, t)), summ.get((bottom, mode, t))
         if not a or not b or a.cpu_us is None or not b.cpu_us:
             return None
@@ -132,25 +151,26 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def render_mode(mode: Mode, endpoints: Sequence[Endpoint], summ: Summaries, requests: int) -> str:
+    names = [t.upper() for t in mode.tests]
     header = [
         "endpoint",
-        "SET ops/s",
-        "GET ops/s",
-        "SET p50 / p99 ms",
-        "GET p50 / p99 ms",
-        "CPU µs/req SET / GET",
+        *[f"{n} ops/s" for n in names],
+        *[f"{n} p50 / p99 ms" for n in names],
+        "CPU µs/req " + " / ".join(names),
         "ops/s ratio",
     ]
+    blanks = [""] * (len(header) - 3)
     rows = []
     for e in endpoints:
         name = f"({e.key}) {e.label}"
         if not e.available:
-            rows.append([name, "not available", "", "", "", "", e.unavailable or ""])
+            rows.append([name, "not available", *blanks, e.unavailable or ""])
             continue
-        st, gt = summ.get((e.key, mode.key, "set")), summ.get((e.key, mode.key, "get"))
-        if st is None or gt is None or st.rps is None or gt.rps is None:
-            err = (st and st.error) or (gt and gt.error) or "no result"
-            rows.append([name, "failed", "", "", "", "", err])
+        found = [summ.get((e.key, mode.key, t)) for t in mode.tests]
+        got = [s for s in found if s is not None and s.rps is not None]
+        if len(got) != len(found):
+            err = next((s.error for s in found if s and s.error), None) or "no result"
+            rows.append([name, "failed", *blanks, err])
             continue
         base = BASELINE.get(e.key)
         r = ratio(summ, e.key, base, mode.key) if base else None
@@ -161,11 +181,9 @@ def render_mode(mode: Mode, endpoints: Sequence[Endpoint], summ: Summaries, requ
         rows.append(
             [
                 name,
-                _fmt(st.rps, ",.0f"),
-                _fmt(gt.rps, ",.0f"),
-                f"{_fmt(st.p50_ms, '.3f')} / {_fmt(st.p99_ms, '.3f')}",
-                f"{_fmt(gt.p50_ms, '.3f')} / {_fmt(gt.p99_ms, '.3f')}",
-                f"{_fmt(st.cpu_us, '.1f')} / {_fmt(gt.cpu_us, '.1f')}",
+                *[_fmt(s.rps, ",.0f") for s in got],
+                *[f"{_fmt(s.p50_ms, '.3f')} / {_fmt(s.p99_ms, '.3f')}" for s in got],
+                " / ".join(_fmt(s.cpu_us, ".1f") for s in got),
                 shown,
             ]
         )
@@ -181,7 +199,18 @@ def _check(
     return [what, format(measured, spec), target, met]
 
 
-def render_targets(summ: Summaries, mem: Sequence[KeyMemory]) -> str:
+def idle_ratio(idle: Sequence[IdleMemory], top: str, bottom: str) -> float | None:
+    """RSS growth per idle client of ``top`` ÷ that of ``bottom``."""
+    by_key = {m.endpoint: m for m in idle}
+    a, b = by_key.get(top), by_key.get(bottom)
+    if a is None or b is None or b.kib_per_connection <= 0:
+        return None
+    return a.kib_per_connection / b.kib_per_connection
+
+
+def render_targets(
+    summ: Summaries, mem: Sequence[KeyMemory], idle: Sequence[IdleMemory] = ()
+) -> str:
     by_label = {m.label: m for m in mem}
     rs, node = by_label.get("redis-server"), by_label.get("shardgate node")
     mem_ratio = node.used_per_key / rs.used_per_key if rs and node and rs.used_per_key else None
@@ -215,6 +244,27 @@ def render_targets(summ: Summaries, mem: Sequence[KeyMemory]) -> str:
         _check(
             "(c) ÷ (b) CPU µs per request at -P 1",
             cpu_ratio(summ, "c", "b", "P1"),
+            "(context)",
+            None,
+            ".2f",
+        ),
+        _check(
+            f"(c) ÷ (b) ops/s, MGET of {redis_benchmark.MGET_KEYS} keys",
+            ratio(summ, "c", "b", "mget10"),
+            "(context)",
+            None,
+            ".2f",
+        ),
+        _check(
+            "(c) ÷ (b) ops/s at 500 clients, -P 1",
+            ratio(summ, "c", "b", "c500"),
+            "(context)",
+            None,
+            ".2f",
+        ),
+        _check(
+            "(c) ÷ (b) RSS growth per idle client",
+            idle_ratio(idle, "c", "b"),
             "(context)",
             None,
             ".2f",
@@ -293,19 +343,28 @@ def render(
     mem_unavailable: dict[str, str],
     machine: Sequence[str],
     profile: str | None = None,
+    idle: Sequence[IdleMemory] = (),
+    idle_unavailable: Mapping[str, str] | None = None,
+    idle_clients: int = IDLE_CLIENTS,
 ) -> str:
     summ = summarize(samples)
-    example = shlex.join(
-        redis_benchmark.command(host="127.0.0.1", port=0, test="set", requests=MODES[0].requests)
-    ).replace("-p 0", "-p PORT")
+
+    def example(test: str, requests: int) -> str:
+        argv = redis_benchmark.command(host="127.0.0.1", port=0, test=test, requests=requests)
+        return shlex.join(argv).replace("-p 0", "-p PORT")
+
+    mget = MODE_BY_KEY["mget10"]
     parts = [
         "### Side by side: redis-server, nutcracker, shardgate",
         "",
         *machine,
         f"- Command: `{command}` — {rounds} round(s) per mode, run sizes x {scale:g}; "
         "every figure is the median over the rounds.",
-        f"- Each run: `{example}`, then `-t get`; the same at `-P 16`, and with `-c 1`. "
-        "Endpoints alternate a b c … then … c b a, after a warm-up that writes every key.",
+        f"- Each run: `{example('set', MODES[0].requests)}`, then `-t get`; the same at "
+        "`-P 16`, with `-c 500` and with `-c 1`; MGET: "
+        f"`{example('mget', mget.requests)}` (every `__rand_int__` a random key of the "
+        f"{redis_benchmark.KEYSPACE:,}). Endpoints alternate a b c … then … c b a, after a "
+        "warm-up that writes every key.",
         "- CPU µs/req: utime+stime of the process under test (its whole process group, so proxy "
         "workers count) from /proc, before and after each run, divided by its requests: the "
         "server for (a) and (n), the proxy alone for (b)-(e) and (l).",
@@ -313,6 +372,17 @@ def render(
     ]
     for mode in MODES:
         parts += [render_mode(mode, endpoints, summ, run_size(mode, scale)), ""]
+    if idle or idle_unavailable:
+        parts += [
+            f"#### RSS with {idle_clients:,} idle clients — fresh processes, before any load",
+            "",
+            f"{idle_clients:,} connections opened one after another, each sent PING and got "
+            "+PONG, then stayed open and idle; VmRSS of the process group (proxy workers count) "
+            "before the first and 1 s after the last.",
+            "",
+            render_idle(idle, dict(idle_unavailable or {})),
+            "",
+        ]
     parts += [
         "#### Bytes per key — `key:%010d` keys, 100-byte values, fresh processes",
         "",
@@ -320,7 +390,7 @@ def render(
         "",
         "#### Targets from the issues (benchmarks, not timed tests)",
         "",
-        render_targets(summ, mem),
+        render_targets(summ, mem, idle),
     ]
     if profile:
         parts += ["", "#### Profile headline", "", profile]
