@@ -154,6 +154,11 @@ COMMANDS: dict[str, CommandSpec] = {
         _c("sg.sync", 4, "admin noscript", route=_U, group=_S, summary="Replica handshake"),
         _c("sg.role", -3, "admin noscript stale fast", route=_U, group=_S, summary="Assign a role"),
         _c("sg.fence", -2, "noscript stale fast", route=_U, group=_S, summary="Announce an epoch"),
+        # persistence (storenode/persistence.py); the proxy never forwards these
+        _c("save", 1, "admin noscript", route=_U, group=_S, summary="Write a snapshot now"),
+        _c("bgsave", -1, "admin noscript", route=_U, group=_S, summary="Snapshot in a child"),
+        _c("lastsave", 1, "loading stale fast", route=_U, group=_S, summary="Last save time"),
+        _c("shutdown", -1, "admin noscript loading stale", route=_U, group=_S, summary="Stop"),
     )
 }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import signal
 import sys
 
@@ -12,9 +11,12 @@ import trio
 from shardgate import logs
 from shardgate.config import ConfigError
 from shardgate.metrics import serve_metrics
+from storenode import persistence
 from storenode.config import POLICIES, load_node_config
 from storenode.metrics import collect_node
-from storenode.server import NodeServer, serve
+from storenode.node import Node
+from storenode.server import NodeServer
+from storenode.snapshot_file import SnapshotError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync-replicas", help="semi-sync: replica acks needed before replying")
     p.add_argument("--sync-timeout-ms", help="semi-sync wait before -TIMEOUT (default 1000)")
     p.add_argument("--replica-priority", help="0 = never promote; lower is preferred")
+    p.add_argument("--dir", help="snapshot directory; unset = no persistence (the default)")
+    p.add_argument("--dbfilename", help="snapshot file name in --dir (default dump.sg)")
+    p.add_argument(
+        "--save",
+        metavar='"SECONDS CHANGES ..."',
+        help='save points as Redis\'s (default "3600 1 300 100 60 10000"); "" = only at shutdown',
+    )
     p.add_argument("--config", metavar="node.toml", help="TOML file with the same settings")
     p.set_defaults(func=run)
 
@@ -70,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         "sync_replicas": args.sync_replicas,
         "sync_timeout_ms": args.sync_timeout_ms,
         "replica_priority": args.replica_priority,
+        "dir": args.dir,
+        "dbfilename": args.dbfilename,
+        "save": args.save,
     }
     try:
         config = load_node_config(args.config, overrides)
@@ -77,12 +89,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"shardgate node: {exc}", file=sys.stderr)
         return 2
     logs.configure(role="node", fmt=config.log_format)
+    node = Node(config, config_file=args.config)
+    try:
+        snapshot = persistence.read_snapshot(config)
+    except SnapshotError as exc:
+        print(f"shardgate node: cannot load the snapshot: {exc}", file=sys.stderr)
+        return 2
+    if snapshot is not None:
+        persistence.restore(node, snapshot)
+        del snapshot
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            server: NodeServer = await nursery.start(
-                functools.partial(serve, config, config_file=args.config)
-            )
+            server = NodeServer(node)
+            await nursery.start(server.serve)
+            await nursery.start(persistence.run, node)
+            node.persistence.on_shutdown = nursery.cancel_scope.cancel
             host, port = server.bound or (config.host, config.port)
             if config.metrics_port is not None:
                 mport = serve_metrics(
@@ -110,4 +132,5 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    persistence.final_save(node)  # traffic has stopped: the offset and the data agree
     return 0

@@ -22,6 +22,7 @@ from shardgate.resp import (
     DEFAULT_MAX_QUERYBUF,
     RequestLimits,
 )
+from storenode.snapshot_file import DEFAULT_SAVE, SavePoints, parse_save_points
 
 POLICIES = (
     "noeviction",
@@ -63,6 +64,10 @@ class NodeConfig:
     sync_timeout_ms: int = 1000
     replica_priority: int = 100  # Redis default; 0 = never promote (read by sentinels)
     announce: str = ""  # host:port to announce to the primary (default: the bound address)
+    # Snapshots (docs/node.md, "Persistence"): no dir = no persistence, the default for a cache.
+    dir: str = ""
+    dbfilename: str = "dump.sg"
+    save: str = DEFAULT_SAVE  # Redis's save points; "" = only at shutdown
 
     def __attrs_post_init__(self) -> None:
         if self.maxmemory_policy not in POLICIES:
@@ -90,6 +95,16 @@ class NodeConfig:
             raise ConfigError("min-replicas-max-lag: must be between 0 and 3600 seconds")
         if not 1 <= self.sync_timeout_ms <= 3_600_000:
             raise ConfigError("sync-timeout-ms: must be between 1 and 3600000")
+        if not self.dbfilename or "/" in self.dbfilename or self.dbfilename in (".", ".."):
+            raise ConfigError("dbfilename: must be a file name, not a path")
+        try:
+            parse_save_points(self.save)
+        except ValueError as exc:
+            raise ConfigError(f'save: {exc} (pairs of seconds and changes, or "")') from None
+
+    @property
+    def save_points(self) -> SavePoints:
+        return parse_save_points(self.save)
 
     @property
     def limits(self) -> RequestLimits:
@@ -135,6 +150,16 @@ def coerce(name: str, value: Any) -> Any:
         if str(value).lower() in ("no", "false", "0"):
             return False
         raise ConfigError(f"{label}: expected yes or no, got {value!r}")
+    if name == "save":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # save = 60 in TOML: every 60 s when anything changed
+        if not isinstance(value, str):
+            raise ConfigError(f'{label}: expected a string like "3600 1 300 100", got {value!r}')
+        try:
+            parse_save_points(value)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        return value
     if name in ("port", "metrics_port"):
         return parse_port(value, name=label)
     if name in _INTS:

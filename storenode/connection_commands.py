@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,13 +21,14 @@ from shardgate.config import ConfigError, parse_address
 from shardgate.errors import CommandError, not_integer, syntax_error
 from shardgate.logs import log_event
 from shardgate.resp import OK, SimpleString, Verbatim, encode_reply
-from storenode import roles
+from storenode import persistence_commands, roles
 from storenode.config import NodeConfig, coerce
 from storenode.info import REDIS_COMPAT_VERSION, render_info
 from storenode.keyspace import EvictionPolicy
 from storenode.node_types import Deferred, ServeReplica, WaitForAcks
 from storenode.roles import Role
 from storenode.session import Session
+from storenode.snapshot_file import format_save_points
 
 if TYPE_CHECKING:
     from storenode.node import Node
@@ -250,10 +252,19 @@ _RUNTIME = {
     "proto-max-bulk-len": "proto_max_bulk_len",
     "client-query-buffer-limit": "client_query_buffer_limit",
     "hz": "hz",
+    "save": "save",  # the save points (docs/node.md, "Persistence")
 }
-_READONLY = {"port": "port", "bind": "host", "save": "", "appendonly": ""}
-# The node keeps no snapshot or AOF: a cache. redis-benchmark and other tools ask for these.
-_FIXED = {"save": b"", "appendonly": b"no"}
+_READONLY = {
+    "port": "port",
+    "bind": "host",
+    "dir": "dir",
+    "dbfilename": "dbfilename",
+    "appendonly": "",
+}
+# Redis 7 refuses CONFIG SET of these ("protected configs"): a writable dir is a known exploit.
+_PROTECTED = {"dir", "dbfilename"}
+# No AOF, only snapshots. redis-benchmark and other tools ask.
+_FIXED = {"appendonly": b"no"}
 
 
 def _config_value(node: Node, name: str) -> bytes:
@@ -263,6 +274,10 @@ def _config_value(node: Node, name: str) -> bytes:
     value = getattr(node.config, field)
     if field == "maxmemory":
         value = node.keyspace.maxmemory
+    if field == "save":
+        value = format_save_points(node.config.save_points)  # Redis's canonical "S C S C"
+    if field == "dir" and value:
+        value = os.path.abspath(value)  # Redis reports the absolute path
     return str(value).encode()
 
 
@@ -282,6 +297,11 @@ def _config(node: Node, s: Session, args: list[bytes]) -> bytes:
         for raw_name, raw_value in zip(args[2::2], args[3::2]):
             name = raw_name.decode("utf-8", "replace").lower()
             field = _RUNTIME.get(name)
+            if name in _PROTECTED:
+                raise CommandError(
+                    f"ERR CONFIG SET failed (possibly related to argument '{name}') - "
+                    "can't set protected config"
+                )
             if field is None:
                 raise CommandError(
                     f"ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
@@ -316,6 +336,7 @@ def _config(node: Node, s: Session, args: list[bytes]) -> bytes:
 
 def apply_config(node: Node, new: NodeConfig) -> None:
     node.config = new
+    node.persistence.config = new
     node.keyspace.maxmemory = new.maxmemory
     node.keyspace.policy = EvictionPolicy(new.maxmemory_policy)
     node.executor.proto_max_bulk_len = new.proto_max_bulk_len
@@ -530,6 +551,7 @@ HANDLERS: dict[str, Handler] = {
     "config": _config,
     "command": _command,
     "time": _time,
+    **persistence_commands.HANDLERS,
 }
 
 __all__ = ["HANDLERS", "OK", "__version__", "apply_config", "command_reply"]

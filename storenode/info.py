@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shardgate import __version__
+from storenode.persistence import changes_since_save
 from storenode.roles import Role
 
 if TYPE_CHECKING:
@@ -19,7 +20,16 @@ if TYPE_CHECKING:
 # Clients and tools parse redis_version to decide what to send; we speak Redis 7.0's dialect.
 REDIS_COMPAT_VERSION = "7.0.0"
 
-DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "replication", "cpu", "keyspace")
+DEFAULT_SECTIONS = (
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "keyspace",
+)
 ALL_SECTIONS = (*DEFAULT_SECTIONS, "commandstats", "errorstats")
 
 
@@ -94,6 +104,27 @@ def _memory(node: Node) -> list[tuple[str, object]]:
     ]
 
 
+def _persistence(node: Node) -> list[tuple[str, object]]:
+    p = node.persistence
+    running = p.child_pid != 0
+    return [
+        ("loading", 0),  # a snapshot is loaded before the node listens
+        ("async_loading", 0),
+        ("rdb_changes_since_last_save", changes_since_save(node)),
+        ("rdb_bgsave_in_progress", int(running)),
+        ("rdb_last_save_time", p.lastsave),
+        ("rdb_last_bgsave_status", "ok" if p.last_status_ok else "err"),
+        ("rdb_last_bgsave_time_sec", p.last_bgsave_seconds),
+        ("rdb_current_bgsave_time_sec", int(time.monotonic() - p.child_started) if running else -1),
+        ("rdb_saves", p.saves),
+        ("rdb_last_load_keys_expired", p.load_expired),
+        ("rdb_last_load_keys_loaded", p.loaded_keys),
+        ("aof_enabled", 0),
+        ("shardgate_snapshot_enabled", int(p.enabled)),
+        ("shardgate_snapshot_offset", p.saved_offset),
+    ]
+
+
 def _stats(node: Node) -> list[tuple[str, object]]:
     s = node.stats
     k = node.keyspace.stats
@@ -113,6 +144,7 @@ def _stats(node: Node) -> list[tuple[str, object]]:
         ("sync_full", node.repl.full_syncs),
         ("sync_partial_ok", node.repl.partial_syncs),
         ("sync_partial_err", node.repl.partial_refused),
+        ("latest_fork_usec", node.persistence.latest_fork_usec),
     ]
 
 
@@ -213,6 +245,7 @@ SECTIONS: dict[str, Callable[[Node], list[tuple[str, object]]]] = {
     "server": _server,
     "clients": _clients,
     "memory": _memory,
+    "persistence": _persistence,
     "stats": _stats,
     "replication": _replication,
     "cpu": _cpu,

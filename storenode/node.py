@@ -35,6 +35,7 @@ from storenode.config import NodeConfig
 from storenode.executor import Executor
 from storenode.keyspace import EvictionPolicy, Keyspace
 from storenode.node_types import Deferred, LinkSink, PausedWrite
+from storenode.persistence import Persistence
 from storenode.replication import (
     FLUSH_EFFECT,
     ReplicaTable,
@@ -64,6 +65,9 @@ class ReplicationState:
     second_offset: int = -1  # up to where replid2's history is ours
     backlog: ReplicationBacklog | None = None  # created when the first replica connects
     offset: int = 0  # master_repl_offset (primary) or the applied offset (replica)
+    # replid/offset name a real point of a primary's stream (after a sync or a snapshot load),
+    # even at offset 0: SG.SYNC then asks to continue instead of sending "?".
+    history: bool = False
     replicas: ReplicaTable = attrs.field(factory=ReplicaTable)
     links: dict[int, LinkSink] = attrs.field(factory=dict)
     link_up: bool = False  # replica: connected to the primary and streaming
@@ -159,6 +163,7 @@ class Node:
         if config.replicaof:
             self.roles = roles.manual(self.roles, Role.REPLICA, config.replicaof)
         self.repl = ReplicationState(replid=secrets.token_hex(20))
+        self.persistence = Persistence(config)  # snapshots on disk (storenode/persistence.py)
         if config.sync_replicas:
             # Semi-sync counts writes by offset, so the stream must exist before any replica.
             self.ensure_backlog()

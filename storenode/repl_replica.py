@@ -17,6 +17,7 @@ How it works
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 
@@ -88,7 +89,7 @@ async def _sync_once(node: Node, primary: str) -> None:
         hello = b""
         if password:
             hello += encode_command([b"AUTH", password.encode()])
-        replid = repl.replid if repl.offset else "?"
+        replid = repl.replid if repl.offset or repl.history else "?"
         hello += encode_command(
             [b"SG.SYNC", replid.encode(), str(repl.offset).encode(), announce.encode()]
         )
@@ -110,6 +111,11 @@ async def _sync_once(node: Node, primary: str) -> None:
         if parts[0] == b"+FULLSYNC":
             log_event("full_sync_started", primary=primary, offset=offset)
             repl.sync_in_progress = True
+            # No history until the snapshot is complete: a save taken meanwhile (persistence.py)
+            # must not claim the old replid and offset for a half-replaced keyspace.
+            repl.history = False
+            repl.replid = secrets.token_hex(20)
+            repl.offset = 0
             node.keyspace.flush()
             await _apply_snapshot(node, sock, parser)
             repl.sync_in_progress = False
@@ -119,6 +125,7 @@ async def _sync_once(node: Node, primary: str) -> None:
             log_event("partial_sync", primary=primary, offset=offset)
         repl.replid = new_replid
         repl.offset = offset
+        repl.history = True
         repl.link_up = True
         acker = _Acker(node, sock)
         async with trio.open_nursery() as nursery:
@@ -130,6 +137,7 @@ async def _sync_once(node: Node, primary: str) -> None:
 def _apply(node: Node, args: list[bytes], now_ms: int) -> None:
     name = args[0]
     ks = node.keyspace
+    node.persistence.replica_changes += 1
     if name == b"SG.PUT" and len(args) == 4:
         ks.set(args[1], args[2], now_ms, int(args[3]))
     elif name == b"DEL" and len(args) == 2:
