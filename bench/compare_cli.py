@@ -18,7 +18,7 @@ DEBIAN_PACKAGES = {
     "redis-cli": "redis-tools",
     "nutcracker": "nutcracker",
 }
-OPTIONAL = {"py-spy": "pip install py-spy (only for --profile)"}
+OPTIONAL = {"py-spy": ".venv/bin/pip install 'shardgate[bench]' (make lab installs it)"}
 
 
 def missing_programs(which: Callable[[str], str | None] = shutil.which) -> dict[str, str]:

@@ -57,6 +57,22 @@ def test_only_the_missing_package_is_named(capsys: pytest.CaptureFixture[str]) -
     assert "sudo apt-get install nutcracker\n" in capsys.readouterr().out
 
 
+def test_profile_without_py_spy_stops_before_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import profile
+
+    def must_not_run(argv: object) -> int:
+        raise AssertionError("bench.compare ran without py-spy for --profile")
+
+    monkeypatch.setattr(compare, "main", must_not_run)
+    monkeypatch.setattr(profile, "py_spy", lambda: None)
+    assert compare_cli.main(compare_args("--profile"), which=lambda p: f"/usr/bin/{p}") == 2
+    assert "--profile needs py-spy: .venv/bin/pip install 'shardgate[bench]'" in (
+        capsys.readouterr().out
+    )
+
+
 def test_options_reach_bench_compare() -> None:
     args = compare_args(
         "--quick", "--only", "a,b,c", "--idle-clients", "0", "--rounds", "2", "--write", "/x.md"
