@@ -190,12 +190,28 @@ def render_mode(mode: Mode, endpoints: Sequence[Endpoint], summ: Summaries, requ
     return f"#### {mode.title} — {requests:,} requests per run\n\n" + table(header, rows)
 
 
+def missed_by(measured: float, goal: float) -> str:
+    """How far a missed target is, relative to the target: ``40% short``, ``20% over``."""
+    gap = abs(measured - goal) / goal
+    return f"{gap:.0%} {'short' if measured < goal else 'over'}"
+
+
 def _check(
-    what: str, measured: float | None, target: str, ok: Callable[[float], bool] | None, spec: str
+    what: str,
+    measured: float | None,
+    target: str,
+    ok: Callable[[float], bool] | None,
+    spec: str,
+    goal: float | None = None,
 ) -> list[str]:
     if measured is None:
         return [what, "not measured", target, "n/a"]
-    met = "-" if ok is None else ("yes" if ok(measured) else "**no**")
+    if ok is None:
+        met = "-"
+    elif ok(measured):
+        met = "yes"
+    else:
+        met = "**no**" + (f": {missed_by(measured, goal)}" if goal else "")
     return [what, format(measured, spec), target, met]
 
 
@@ -226,6 +242,7 @@ def render_targets(
             "≥ 1.0x",
             lambda v: v >= 1.0,
             ".2f",
+            goal=1.0,
         ),
         _check(
             "(c) ÷ (b) CPU µs per request at -P 16 (steadier than ops/s on a shared machine)",
@@ -240,6 +257,7 @@ def render_targets(
             "≥ 0.7x",
             lambda v: v >= 0.7,
             ".2f",
+            goal=0.7,
         ),
         _check(
             "(c) ÷ (b) CPU µs per request at -P 1",
@@ -275,6 +293,7 @@ def render_targets(
             "< 150",
             lambda v: v < 150,
             ".0f",
+            goal=150,
         ),
         _check(
             "added p50 of nutcracker's hop, (b) - (a) at -c 1 -P 1, µs",
@@ -289,6 +308,7 @@ def render_targets(
             "≥ 0.5x",
             lambda v: v >= 0.5,
             ".2f",
+            goal=0.5,
         ),
         _check(
             "(n) ÷ (a) CPU µs per request at -P 16",
@@ -303,6 +323,7 @@ def render_targets(
             "≤ 2x",
             lambda v: v <= 2.0,
             ".2f",
+            goal=2.0,
         ),
         _check(
             "node used_memory growth vs its RSS growth, difference ÷ RSS growth (issue 2)",
@@ -310,6 +331,7 @@ def render_targets(
             "≤ 10%",
             lambda v: v <= 0.10,
             ".1%",
+            goal=0.10,
         ),
     ]
     return table(["check", "measured", "target", "met"], rows)

@@ -18,6 +18,7 @@ from bench.report import (
     MODES,
     Sample,
     idle_ratio,
+    missed_by,
     mode_tests,
     ratio,
     render,
@@ -240,7 +241,14 @@ def test_report_has_every_part_side_by_side() -> None:
     assert "| (c) ÷ (b) ops/s, MGET of 10 keys | 0.75 | (context) | - |" in out
     assert "| (c) ÷ (b) ops/s at 500 clients, -P 1 | 0.75 | (context) | - |" in out
     assert "| (c) ÷ (b) RSS growth per idle client | 10.00 | (context) | - |" in out
-    assert "| (c) ÷ (b) ops/s at -P 16 (issue 3) | 0.75 | ≥ 1.0x | **no** |" in out
+    assert "| (c) ÷ (b) ops/s at -P 16 (issue 3) | 0.75 | ≥ 1.0x | **no**: 25% short |" in out
+    assert "| (c) ÷ (b) ops/s at -P 1 (issue 3) | 0.75 | ≥ 0.7x | yes |" in out
+
+
+def test_a_missed_target_says_by_how_much() -> None:
+    assert missed_by(0.46, 1.0) == "54% short"
+    assert missed_by(180.0, 150.0) == "20% over"
+    assert missed_by(0.30, 0.5) == "40% short"
 
 
 def test_report_without_the_idle_part() -> None:
