@@ -106,7 +106,7 @@ def _memory(node: Node) -> list[tuple[str, object]]:
 
 def _persistence(node: Node) -> list[tuple[str, object]]:
     p = node.persistence
-    running = p.child_pid != 0
+    running = p.bg_running
     return [
         ("loading", 0),  # a snapshot is loaded before the node listens
         ("async_loading", 0),
@@ -115,13 +115,14 @@ def _persistence(node: Node) -> list[tuple[str, object]]:
         ("rdb_last_save_time", p.lastsave),
         ("rdb_last_bgsave_status", "ok" if p.last_status_ok else "err"),
         ("rdb_last_bgsave_time_sec", p.last_bgsave_seconds),
-        ("rdb_current_bgsave_time_sec", int(time.monotonic() - p.child_started) if running else -1),
+        ("rdb_current_bgsave_time_sec", int(time.monotonic() - p.bg_started) if running else -1),
         ("rdb_saves", p.saves),
         ("rdb_last_load_keys_expired", p.load_expired),
         ("rdb_last_load_keys_loaded", p.loaded_keys),
         ("aof_enabled", 0),
         ("shardgate_snapshot_enabled", int(p.enabled)),
         ("shardgate_snapshot_offset", p.saved_offset),
+        ("shardgate_bgsave_max_slice_usec", p.bg_max_slice_us),
     ]
 
 
@@ -144,7 +145,7 @@ def _stats(node: Node) -> list[tuple[str, object]]:
         ("sync_full", node.repl.full_syncs),
         ("sync_partial_ok", node.repl.partial_syncs),
         ("sync_partial_err", node.repl.partial_refused),
-        ("latest_fork_usec", node.persistence.latest_fork_usec),
+        ("latest_fork_usec", 0),  # background saves do not fork (storenode/persistence.py)
     ]
 
 

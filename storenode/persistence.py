@@ -1,4 +1,4 @@
-"""Snapshots on disk: load at start, SAVE, BGSAVE (a forked child), save points, shutdown saves.
+"""Snapshots on disk: load at start, SAVE, BGSAVE (chunked, no fork), save points, shutdown.
 
 How it works
 - A node with ``dir`` set keeps one snapshot file, ``dir/dbfilename`` (format in
@@ -6,14 +6,21 @@ How it works
   CLI exits 2). Writes go to ``temp-<pid>.sg`` in the same directory, which is fsynced, renamed
   over the old file and the directory fsynced, so a crash at any moment leaves the old snapshot
   or the new one, never a torn file.
-- Consistency: a snapshot holds the data at exactly the replication offset written in its
-  header. SAVE and the shutdown save run synchronously, with no other task in between, so the
-  keyspace and ``repl.offset`` are read at one instant. BGSAVE forks, as Redis does: the child
-  gets a copy-on-write image of the keyspace and the offset at the instant of the fork, only
-  serialises and writes (no trio, no sockets: its signal handlers and trio's wakeup fd are reset
-  first) and leaves with ``os._exit``. The parent's cost is the fork itself (page tables:
-  measured in docs/performance.md) and the pages it dirties while the child runs. The parent
-  waits for the child on a pidfd, so nothing polls.
+- Consistency: a snapshot holds the data at exactly the replication offset in its trailer.
+  SAVE and the shutdown save run synchronously, with no other task in between, so the keyspace
+  and ``repl.offset`` are read at one instant.
+- BGSAVE does not fork. It walks the keyspace with SCAN, ``CHUNK_KEYS`` at a time, writing the
+  records and yielding between chunks (about a millisecond each), exactly as a replica's full
+  sync is served (``repl_primary.py``), while a capture sink on the replication stream collects
+  every stream byte written meanwhile (writes, expiry and eviction deletes on a primary; applied
+  stream commands on a replica). When the walk ends, synchronously, the captured bytes go into
+  the file's stream section and the current offset into its trailer. Stream records are states
+  (``SG.PUT``/``DEL``/``FLUSHALL``), so walk-then-stream gives exactly the data at that offset
+  (the same argument as for a replica's full sync). If the captured bytes do not add up to the
+  offset's move (a replica's full sync began meanwhile) or exceed ``MAX_CAPTURE``, the save
+  fails and is retried later. fsync and the rename run in a worker thread. The cost, instead of
+  Redis's fork and copy-on-write memory: the captured writes held until the walk ends, and a
+  background save takes longer than a forked one would.
 - A replica in a full sync has taken a fresh random replid and offset 0 first
   (``repl_replica.py``): a snapshot taken mid-sync names no history of any primary, and a
   restart from it does a full sync instead of continuing from a half-loaded keyspace.
@@ -32,19 +39,18 @@ How it works
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import trio
 import trio.lowlevel
 
 from shardgate.commands import COMMANDS
 from shardgate.logs import log_event
+from shardgate.resp import encode_command
 from storenode import snapshot_file
 from storenode.roles import Role
 from storenode.snapshot_file import Record, Snapshot, SnapshotError
@@ -57,6 +63,12 @@ if TYPE_CHECKING:
 CHECK_SECONDS = 1.0
 # Redis retries a failed background save after CONFIG_BGSAVE_RETRY_DELAY seconds.
 RETRY_SECONDS = 5.0
+# Keys per chunk of a background save, as a replica's full sync (about a millisecond each).
+CHUNK_KEYS = 512
+# Stream bytes a background save may hold before giving up (Redis's replica output limit).
+MAX_CAPTURE = 256 * 1024 * 1024
+_CAPTURE_ID = -1  # the capture sink's key in repl.links (client ids are positive)
+GETACK = encode_command([b"SG.GETACK"])
 _WRITES = frozenset(name for name, spec in COMMANDS.items() if spec.is_write)
 
 
@@ -75,15 +87,14 @@ class Persistence:
         self.saves = 0
         self.last_status_ok = True
         self.last_bgsave_seconds = -1
-        self.latest_fork_usec = 0
         self.saved_offset = -1  # offset the newest snapshot file holds (-1: none yet)
         self.loaded_keys = 0
         self.load_expired = 0
         self.replica_changes = 0  # stream commands applied as a replica (part of "dirty")
-        self.child_pid = 0
-        self.child_started = 0.0
-        self._child_dirty = 0
-        self._child_offset = 0
+        self.bg_running = False
+        self.bg_started = 0.0
+        self.bg_scope: trio.CancelScope | None = None
+        self.bg_max_slice_us = 0  # longest chunk of the last background save (event-loop stall)
         self._kick = trio.Event()
         # Set by the CLI: stop the process (SHUTDOWN). None when embedded (tests).
         self.on_shutdown: Callable[[], None] | None = None
@@ -198,18 +209,14 @@ def _write_file(node: Node, temp_name: str) -> int:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)  # the rename itself must survive a power loss
-    finally:
-        os.close(dfd)
+    _fsync_dir(directory)
     return size
 
 
 def save(node: Node) -> None:
     """SAVE: write the snapshot now, blocking. Raises SaveInProgress or OSError."""
     p = node.persistence
-    if p.child_pid:
+    if p.bg_running:
         raise SaveInProgress
     started = time.monotonic()
     dirty = changes(node)
@@ -239,119 +246,154 @@ def _saved(p: Persistence, dirty: int, offset: int) -> None:
 
 
 def start_bgsave(node: Node) -> None:
-    """BGSAVE: fork a child that writes the snapshot. Raises SaveInProgress or OSError."""
+    """BGSAVE: ask the background task for a save. Raises SaveInProgress."""
     p = node.persistence
-    if p.child_pid:
+    if p.bg_running:
         raise SaveInProgress
-    p.last_attempt = time.monotonic()
-    dirty = changes(node)
-    offset = node.repl.offset
-    t0 = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:  # the child: no trio from here on
-        _child_main(node)
-    p.latest_fork_usec = int((time.perf_counter() - t0) * 1e6)
-    p.child_pid = pid
-    p.child_started = time.monotonic()
-    p._child_dirty = dirty
-    p._child_offset = offset
+    p.bg_running = True
+    p.bg_started = time.monotonic()
+    p.last_attempt = p.bg_started
     p._kick.set()
-    log_event("bgsave_started", pid=pid, fork_usec=p.latest_fork_usec, offset=offset)
 
 
-def _child_main(node: Node) -> None:
-    code = 1
+class _Capture:
+    """A replication-stream sink that keeps what was written during a background save."""
+
+    __slots__ = ("broken", "data")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.broken = False
+
+    def push(self, data: bytes) -> None:
+        if data == GETACK:
+            return  # asks replicas to ack; not in the offset space
+        self.data += data
+        if len(self.data) > MAX_CAPTURE:
+            self.broken = True
+
+
+async def _background_save(node: Node) -> None:
+    p = node.persistence
+    repl = node.repl
+    ks = node.keyspace
+    node.ensure_backlog()  # writes must reach the stream (and the capture) from now on
+    start = repl.offset
+    capture = _Capture()
+    repl.links[_CAPTURE_ID] = capture
+    directory = Path(p.config.dir)
+    temp = directory / f"temp-bg-{os.getpid()}.sg"
+    dirty = changes(node)
+    renamed = False
     try:
-        signal.set_wakeup_fd(-1)  # trio's wakeup socket belongs to the parent
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        gc.disable()  # a collection would touch (and so copy) every object
-        _write_file(node, f"temp-{os.getpid()}.sg")
-        code = 0
-    except BaseException as exc:
-        with contextlib.suppress(BaseException):
-            os.write(2, f"shardgate node: background save failed: {exc}\n".encode())
+        # Writes go to the page cache (a chunk is ~50 KB): only the fsync is sent to a thread.
+        with _create(temp) as f:
+            enc = snapshot_file.Encoder(time.time_ns() // 1_000_000)
+            f.write(enc.header())
+            cursor = 0
+            p.bg_max_slice_us = 0
+            while True:
+                t0 = time.perf_counter()
+                now_ms = time.time_ns() // 1_000_000
+                cursor, keys = ks.scan(cursor, CHUNK_KEYS, now_ms)
+                records = []
+                for key in keys:
+                    e = ks.peek(key, now_ms)
+                    if e is not None:
+                        v = e.value
+                        records.append((key, v if v.__class__ is bytes else bytes(v), e.expire_at))
+                f.write(enc.records(records))
+                slice_us = int((time.perf_counter() - t0) * 1e6)
+                p.bg_max_slice_us = max(p.bg_max_slice_us, slice_us)
+                if cursor == 0:
+                    break
+                await trio.lowlevel.checkpoint()  # let clients run between chunks
+            # From here to the trailer nothing yields: the offset and the capture agree.
+            end = repl.offset
+            del repl.links[_CAPTURE_ID]
+            if capture.broken or len(capture.data) != end - start:
+                raise OSError(
+                    f"the stream moved {end - start} bytes but {len(capture.data)} were "
+                    "captured (a full sync or a flood of writes meanwhile); retrying later"
+                )
+            f.write(enc.stream(bytes(capture.data)))
+            f.write(enc.trailer(repl.replid, end))
+            capture.data = bytearray()
+            f.flush()
+            await trio.to_thread.run_sync(os.fsync, f.fileno())
+        os.replace(temp, p.path)
+        renamed = True
+        await trio.to_thread.run_sync(_fsync_dir, directory)
     finally:
-        os._exit(code)
+        repl.links.pop(_CAPTURE_ID, None)
+        if not renamed:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+    _saved(p, dirty, end)
+    p.last_bgsave_seconds = int(time.monotonic() - p.bg_started)
+    log_event("bgsave_done", keys=enc.count, offset=end, seconds=p.last_bgsave_seconds)
 
 
-def _reaped(node: Node, status: int) -> None:
+def _create(path: Path) -> BinaryIO:
+    return open(path, "wb")
+
+
+def _fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # the rename itself must survive a power loss
+    finally:
+        os.close(dfd)
+
+
+def cancel_background_save(node: Node) -> None:
+    """Stop a running background save (shutdown: a newer save is about to be written)."""
     p = node.persistence
-    pid = p.child_pid
-    p.child_pid = 0
-    p.last_bgsave_seconds = int(time.monotonic() - p.child_started)
-    if os.waitstatus_to_exitcode(status) == 0:
-        _saved(p, p._child_dirty, p._child_offset)
-        log_event("bgsave_done", pid=pid, offset=p._child_offset, seconds=p.last_bgsave_seconds)
-    else:
-        p.last_status_ok = False
-        with contextlib.suppress(OSError):
-            (Path(p.config.dir) / f"temp-{pid}.sg").unlink()
-        log_event("bgsave_failed", level="warn", pid=pid, status=status)
-
-
-def kill_child(node: Node) -> None:
-    """Stop a running background save (shutdown; a newer save is about to be written)."""
-    p = node.persistence
-    pid = p.child_pid
-    if not pid:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-    p.child_pid = 0
-    with contextlib.suppress(OSError):
-        (Path(p.config.dir) / f"temp-{pid}.sg").unlink()
-    log_event("bgsave_killed", pid=pid)
+    if p.bg_scope is not None:
+        p.bg_scope.cancel()
+        p.bg_scope = None
+    if p.bg_running:
+        log_event("bgsave_cancelled")
+    p.bg_running = False
+    node.repl.links.pop(_CAPTURE_ID, None)
 
 
 async def run(node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Reap background saves and start one when a save point is reached."""
+    """Run background saves: asked for (BGSAVE) or due (a save point was reached)."""
     p = node.persistence
     task_status.started()
     while True:
-        if p.child_pid:
-            await _wait_child(node)
+        if not p.bg_running:
+            with trio.move_on_after(CHECK_SECONDS):
+                await p._kick.wait()
+            p._kick = trio.Event()
+        if not p.enabled:
+            p.bg_running = False
             continue
-        with trio.move_on_after(CHECK_SECONDS):
-            await p._kick.wait()
-        p._kick = trio.Event()
-        if p.child_pid or not p.enabled:
-            continue
-        since = time.time() - p.lastsave
-        if not p.last_status_ok and time.monotonic() - p.last_attempt < RETRY_SECONDS:
-            continue
-        if snapshot_file.save_due(p.config.save_points, since, changes_since_save(node)):
+        if not p.bg_running:
+            if not p.last_status_ok and time.monotonic() - p.last_attempt < RETRY_SECONDS:
+                continue
+            since = time.time() - p.lastsave
+            if not snapshot_file.save_due(p.config.save_points, since, changes_since_save(node)):
+                continue
+            start_bgsave(node)
+        log_event("bgsave_started", offset=node.repl.offset)
+        with trio.CancelScope() as scope:
+            p.bg_scope = scope
             try:
-                start_bgsave(node)
+                await _background_save(node)
             except OSError as exc:
                 p.last_status_ok = False
                 log_event("bgsave_failed", level="warn", error=str(exc))
-
-
-async def _wait_child(node: Node) -> None:
-    p = node.persistence
-    pid = p.child_pid
-    fd = os.pidfd_open(pid)
-    try:
-        await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
-    if p.child_pid == pid:  # not killed and reaped meanwhile
-        _reap(node, pid)
-
-
-def _reap(node: Node, pid: int) -> None:
-    """Collect a child that has exited (its pidfd was readable: this does not block)."""
-    _, status = os.waitpid(pid, os.WNOHANG)
-    _reaped(node, status)
+            finally:
+                p.bg_running = False
+                p.bg_scope = None
 
 
 def final_save(node: Node) -> None:
     """The shutdown save (SIGTERM/SIGINT): traffic has stopped; write the snapshot once."""
     p = node.persistence
-    kill_child(node)
+    cancel_background_save(node)
     if not p.enabled or p.final_save_done:
         return
     p.final_save_done = True

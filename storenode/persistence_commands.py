@@ -39,9 +39,6 @@ def _bgsave(node: Node, s: Session, args: list[bytes]) -> bytes:
         persistence.start_bgsave(node)
     except SaveInProgress:
         raise CommandError(_IN_PROGRESS) from None
-    except OSError as exc:
-        log_event("bgsave_failed", level="warn", error=str(exc))
-        raise CommandError("ERR") from None
     return b"+Background saving started\r\n"
 
 
@@ -71,7 +68,7 @@ def _shutdown(node: Node, s: Session, args: list[bytes]) -> bytes:
         if not p.enabled:
             log_event("shutdown_refused", level="warn", reason="SHUTDOWN SAVE without a dir")
             raise CommandError(_SHUTDOWN_FAILED)
-        persistence.kill_child(node)  # a newer snapshot is about to be written
+        persistence.cancel_background_save(node)  # a newer snapshot is about to be written
         try:
             persistence.save(node)
         except OSError:

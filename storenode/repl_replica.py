@@ -181,6 +181,8 @@ async def _apply_stream(
             raw = encode_command(args)  # the primary's exact bytes: both use the canonical form
             repl.offset += len(raw)
             backlog.append(raw)
+            for link in repl.links.values():  # a background save's capture (persistence.py)
+                link.push(raw)
         with trio.fail_after(LINK_TIMEOUT):
             data = await recv_some(sock)
         if not data:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -126,6 +128,63 @@ def test_replica_killed_after_a_background_save_resyncs_partially(tmp_path: Path
         write_batch(r, "c", 200)
         with running(replica_args) as again:
             assert persistence(again)["rdb_last_load_keys_loaded"] == 401
+            wait_synced(primary, again)
+            assert syncs(primary) == (1, 1, 0)
+            assert dump(client(again)) == dump(r)
+
+
+def _churn(r: redis.Redis, stop: threading.Event, keys: int) -> None:
+    """Overwrite, delete and re-expire keys the save is walking, until told to stop."""
+    rng = random.Random(3)
+    while not stop.is_set():
+        pipe = r.pipeline(transaction=False)
+        for _ in range(20):
+            key = f"bulk:{rng.randrange(keys)}"
+            kind = rng.randrange(4)
+            if kind == 0:
+                pipe.set(key, "changed", ex=rng.randrange(100, 5000))
+            elif kind == 1:
+                pipe.delete(key)
+            elif kind == 2:
+                pipe.set(key, "new")
+            else:
+                pipe.pexpire(key, rng.randrange(100_000, 900_000))
+        pipe.execute()
+        time.sleep(0.002)
+
+
+def test_background_save_under_writes_holds_exactly_its_offset(tmp_path: Path) -> None:
+    """The chunked BGSAVE walks while writes go on: restarted from the file, the replica
+    continues from the file's offset and ends equal to the primary, key by key."""
+    with primary_with_dir(tmp_path) as (primary, replica_args):
+        r = client(primary)
+        keys = 60_000
+        for start in range(0, keys, 10_000):
+            pipe = r.pipeline(transaction=False)
+            for i in range(start, start + 10_000):
+                pipe.set(f"bulk:{i}", "v" * 20, ex=3600) if i % 2 else pipe.set(f"bulk:{i}", i)
+            pipe.execute()
+        with running(replica_args) as replica:
+            wait_synced(primary, replica)
+            stop = threading.Event()
+            writer = threading.Thread(target=_churn, args=(client(primary), stop, keys))
+            writer.start()
+            try:
+                time.sleep(0.1)
+                assert client(replica).bgsave()
+                wait_until(
+                    lambda: persistence(replica)["rdb_bgsave_in_progress"] == 0, 30, "bgsave"
+                )
+            finally:
+                stop.set()
+                writer.join(10)
+            info = persistence(replica)
+            assert info["rdb_last_bgsave_status"] == "ok" and info["rdb_saves"] == 1
+            saved = info["shardgate_snapshot_offset"]
+            wait_synced(primary, replica)
+            assert offset(replica) >= saved
+            stop_with(replica, signal.SIGKILL)
+        with running(replica_args) as again:
             wait_synced(primary, again)
             assert syncs(primary) == (1, 1, 0)
             assert dump(client(again)) == dump(r)
@@ -263,8 +322,9 @@ def _versioned(version: int) -> bytes:
 
 
 def _hostile() -> bytes:
-    head = struct.pack("<8sI40sqq", snapshot_file.MAGIC, 1, b"cd" * 20, 0, 0)
-    body = head + struct.pack("<BIIq", 1, 2**32 - 1, 2**32 - 1, 0) + struct.pack("<BQ", 0xFF, 1)
+    head = struct.pack("<8sIq", snapshot_file.MAGIC, 1, 0)
+    record = struct.pack("<BIIq", 1, 2**32 - 1, 2**32 - 1, 0)
+    body = head + record + struct.pack("<BQ40sq", 0xFF, 1, b"cd" * 20, 0)
     return body + struct.pack("<I", zlib.crc32(body))
 
 

@@ -77,8 +77,14 @@ def test_bad_magic_is_named() -> None:
         sf.decode(b"REDIS0011" + b"\x00" * 100)
 
 
-def _header(replid: bytes = REPLID.encode(), offset: int = 0) -> bytes:
-    return struct.pack("<8sI40sqq", sf.MAGIC, sf.VERSION, replid, offset, 0)
+def _header() -> bytes:
+    return struct.pack("<8sIq", sf.MAGIC, sf.VERSION, 0)
+
+
+def _trailer(
+    count: int, replid: bytes = REPLID.encode(), offset: int = 0, tag: int = 0xFF
+) -> bytes:
+    return struct.pack("<BQ40sq", tag, count, replid, offset)
 
 
 @pytest.mark.parametrize(
@@ -90,23 +96,44 @@ def _header(replid: bytes = REPLID.encode(), offset: int = 0) -> bytes:
         (struct.pack("<BIIq", 7, 0, 0, 0), "unknown record type 7"),
         (struct.pack("<BIIq", 1, 0, 0, -5), "negative expiry"),
         (b"\x01\x00\x00", "cut short"),
+        (struct.pack("<BQ", 2, 2**63), "longer than the file"),
+        (struct.pack("<BQ", 2, 5) + b"*1\r\n$", "bad stream section"),
+        (struct.pack("<BQ", 2, 14) + b"*1\r\n$4\r\nPING\r\n", "unknown stream command"),
+        (struct.pack("<BQ", 2, 14) + b"*1\r\n$9\r\nPING\r\n", "bad stream section"),
+        (b"\x02\x00", "cut short"),
     ],
 )
 def test_hostile_records_with_a_valid_checksum(body: bytes, reason: str) -> None:
-    data = with_crc(_header() + body + struct.pack("<BQ", 0xFF, 1))
+    data = with_crc(_header() + body + _trailer(0 if body[0] == 2 else 1))
     with pytest.raises(SnapshotError, match=reason):
         sf.decode(data)
 
 
 def test_hostile_header_and_trailer() -> None:
     with pytest.raises(SnapshotError, match="replication id"):
-        sf.decode(with_crc(_header(replid=b"Z" * 40) + struct.pack("<BQ", 0xFF, 0)))
+        sf.decode(with_crc(_header() + _trailer(0, replid=b"Z" * 40)))
     with pytest.raises(SnapshotError, match="replication id or offset"):
-        sf.decode(with_crc(_header(offset=-1) + struct.pack("<BQ", 0xFF, 0)))
+        sf.decode(with_crc(_header() + _trailer(0, offset=-1)))
     with pytest.raises(SnapshotError, match="count mismatch"):
-        sf.decode(with_crc(_header() + struct.pack("<BQ", 0xFF, 10**12)))
+        sf.decode(with_crc(_header() + _trailer(10**12)))
     with pytest.raises(SnapshotError, match="end marker"):
-        sf.decode(with_crc(_header() + struct.pack("<BQ", 0x01, 0)))
+        sf.decode(with_crc(_header() + _trailer(0, tag=0x01)))
+
+
+def test_the_stream_section_is_replayed_over_the_records() -> None:
+    """Records collected during a walk, then the stream from its start: the state at the end."""
+    from storenode.replication import FLUSH_EFFECT, del_effect, put_effect
+
+    walk = [(b"a", b"1", 0), (b"b", b"2", 0), (b"c", b"3", 0)]
+    stream = put_effect(b"a", b"new", 7) + del_effect(b"b") + put_effect(b"d", b"4", 0)
+    snap = sf.decode(sf.encode_bytes(Snapshot(REPLID, 5, 0, walk), stream))
+    assert sorted(snap.records) == [(b"a", b"new", 7), (b"c", b"3", 0), (b"d", b"4", 0)]
+    flushed = sf.decode(sf.encode_bytes(Snapshot(REPLID, 5, 0, walk), FLUSH_EFFECT + stream))
+    assert sorted(flushed.records) == [(b"a", b"new", 7), (b"d", b"4", 0)]
+    data = sf.encode_bytes(Snapshot(REPLID, 5, 0, walk), stream)
+    for n in range(len(data)):  # truncations inside the stream section too
+        with pytest.raises(SnapshotError):
+            sf.decode(data[:n])
 
 
 def test_save_points() -> None:
