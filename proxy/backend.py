@@ -48,7 +48,6 @@ class BackendConn:
         "_lost",
         "_napping",
         "_reader_task",
-        "_writer_task",
         "address",
         "busy_error",
         "down_error",
@@ -73,6 +72,7 @@ class BackendConn:
         "up",
         "waiters",
         "wq",
+        "writer_task",
     )
 
     def __init__(
@@ -115,7 +115,7 @@ class BackendConn:
         self.waiters: deque[tuple[Pending, int]] = deque()
         self._expired = 0  # waiters at the head that already timed out
         self._lost: str | None = None
-        self._writer_task: trio.lowlevel.Task | None = None
+        self.writer_task: trio.lowlevel.Task | None = None
         self._reader_task: trio.lowlevel.Task | None = None
         self._napping: trio.CancelScope | None = None  # the wait between connection attempts
         self.scope: trio.CancelScope | None = None
@@ -132,9 +132,9 @@ class BackendConn:
         self.wq.append(request)
         self.waiters.append((pending, part))
         self.requests += 1
-        task = self._writer_task
+        task = self.writer_task
         if task is not None:
-            self._writer_task = None
+            self.writer_task = None
             trio.lowlevel.reschedule(task)
 
     def refusal(self) -> bytes | None:
@@ -340,10 +340,10 @@ class BackendConn:
                 data = data[sent:]
 
     async def _park_writer(self) -> None:
-        self._writer_task = trio.lowlevel.current_task()
+        self.writer_task = trio.lowlevel.current_task()
 
         def abort(_: object) -> trio.lowlevel.Abort:
-            self._writer_task = None
+            self.writer_task = None
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
@@ -416,7 +416,16 @@ class BackendConn:
                     and self.on_readonly(self, pending, buf[pos:end])
                 ):
                     pass  # the proxy retries it once a newer topology routes it elsewhere
-                elif pending.complete(part, buf[pos:end] if (pos or end != n) else buf):
+                else:
+                    data = buf[pos:end] if (pos or end != n) else buf
+                    if pending.parts is None:  # Pending.complete of a single reply, inlined
+                        if pending.reply is not None:
+                            pos = end  # already failed (timeout, retry): drop the late reply
+                            continue
+                        pending.reply = data
+                    elif not pending.complete(part, data):
+                        pos = end
+                        continue
                     took = now - pending.started
                     lat_counts[bisect_left(lat_bounds, took)] += 1
                     lat_sum += took

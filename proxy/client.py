@@ -21,8 +21,9 @@ import trio
 
 from proxy.local import NOAUTH, Action, LocalContext, Session, execute
 from proxy.ordering import Pending, ReplyQueue
-from proxy.router import Local, Reject, Split, is_readonly
+from proxy.router import SINGLE_KEY, Local, Reject, Router, Split, is_readonly, xxh3
 from shardgate.resp import ProtocolError, RequestParser
+from shardgate.slots import SLOTS, hash_tag
 
 if TYPE_CHECKING:
     from proxy.server import Proxy
@@ -129,6 +130,7 @@ class ClientConn:
         conns = proxy.shard_conns
         session = self.session
         queue = self.queue
+        append = queue.append
         stats = proxy.stats
         counts = stats.commands
         now = trio.current_time()
@@ -136,14 +138,45 @@ class ClientConn:
         pack = hiredis.pack_command
         reads = proxy.reads
         retry = proxy.follower is not None
-        while (args := parser.next_command()) is not None:
+        next_command = parser.next_command
+        # The hot path, inlined (measured: a route() and a submit() call per request were a
+        # tenth of the proxy's CPU at -P 16): a single-key command from an authenticated
+        # client, forwarded to its shard's primary. Anything else takes the general path.
+        fast = type(router) is Router and session.authenticated and reads is None
+        single = SINGLE_KEY if fast else {}
+        slot_owner = router.slot_owner if type(router) is Router else ()
+        while (args := next_command()) is not None:
             name = args[0]
             counts[name] = counts.get(name, 0) + 1
+            arity = single.get(name)
+            if arity is not None:
+                argc = len(args)
+                if argc == arity or (arity < 0 and argc >= -arity):
+                    key = args[1]
+                    if b"{" in key:
+                        key = hash_tag(key)
+                    conn = conns[slot_owner[xxh3(key) % SLOTS]]
+                    if conn.up and len(conn.waiters) < conn.max_queue:
+                        pending = Pending(self, now, deadline)
+                        append(pending)
+                        request = pack(tuple(args))  # type: ignore[arg-type]
+                        if retry:
+                            pending.retry = request  # kept for one retry after a -READONLY
+                        conn.wq.append(request)
+                        conn.waiters.append((pending, 0))
+                        conn.requests += 1
+                        if (task := conn.writer_task) is not None:
+                            conn.writer_task = None
+                            trio.lowlevel.reschedule(task)
+                    else:
+                        append(Pending.done(self, conn.refusal() or conn.down_error))
+                        stats.refused += 1
+                    continue
             if not session.authenticated:
                 decision = router.route(args)
                 if not (isinstance(decision, Local) and "noauth" in decision.spec.flags):
                     stats.noauth += 1
-                    queue.append(Pending.done(self, NOAUTH))
+                    append(Pending.done(self, NOAUTH))
                     continue
             else:
                 decision = router.route(args)
@@ -156,19 +189,19 @@ class ClientConn:
                 ):
                     picked = plan.pick()
                     if picked is None:
-                        queue.append(Pending.done(self, plan.no_replica))
+                        append(Pending.done(self, plan.no_replica))
                         stats.refused += 1
                         continue
                     conn = picked
                 if conn.up and len(conn.waiters) < conn.max_queue:
                     pending = Pending(self, now, deadline)
-                    queue.append(pending)
+                    append(pending)
                     request = pack(tuple(args))  # type: ignore[arg-type]
                     if retry:
-                        pending.retry = request  # kept for one retry after a -READONLY
+                        pending.retry = request
                     conn.submit(pending, 0, request)
                 else:
-                    queue.append(Pending.done(self, conn.refusal() or conn.down_error))
+                    append(Pending.done(self, conn.refusal() or conn.down_error))
                     stats.refused += 1
             elif type(decision) is Split:
                 self._split(decision, now, deadline, name)
@@ -176,10 +209,12 @@ class ClientConn:
                 self._local(args, decision)
                 if self.closing:
                     return
+                if type(router) is Router and session.authenticated and reads is None:
+                    single = SINGLE_KEY  # AUTH in the middle of a pipeline
             else:
                 assert isinstance(decision, Reject)
                 stats.rejected += 1
-                queue.append(Pending.done(self, decision.reply))
+                append(Pending.done(self, decision.reply))
 
     def _split(self, decision: Split, now: float, deadline: float, name: bytes) -> None:
         conns = self.proxy.shard_conns

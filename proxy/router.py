@@ -31,7 +31,7 @@ from shardgate.resp import encode_command, encode_error
 from shardgate.slots import SLOTS, hash_tag, slot_for_key
 from shardgate.topology import NodeAddress, Topology
 
-_xxh3 = xxhash.xxh3_64_intdigest
+xxh3 = _xxh3 = xxhash.xxh3_64_intdigest
 CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 
 Merge = Callable[[list[bytes]], bytes]
@@ -42,7 +42,8 @@ _SPECS: dict[bytes, CommandSpec | None] = {}
 _ALL_SPECS = {**COMMANDS, **PROXY_ONLY}
 # Wire name → arity, for the commands with exactly one key, at argument 1 (GET, SET, INCR …):
 # the hot path routes those with one dict lookup and one hash.
-_SINGLE_KEY: dict[bytes, int] = {}
+SINGLE_KEY: dict[bytes, int] = {}
+_SINGLE_KEY = SINGLE_KEY
 
 
 def lookup(name: bytes) -> CommandSpec | None:
