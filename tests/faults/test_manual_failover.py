@@ -38,6 +38,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -63,6 +64,10 @@ def longest_gap(acks: list[float], start: float, end: float) -> float:
     times = sorted(t for t in acks if start <= t <= end)
     edges = [start, *times, end]
     return max(b - a for a, b in itertools.pairwise(edges))
+
+
+def timeline(record: dict[str, Any]) -> str:
+    return " ".join(f"{t['step']}@{t['after_ms']}" for t in record["timeline"])
 
 
 def replica_of(node: Service, primary: Service) -> bool:
@@ -172,7 +177,13 @@ async def test_manual_failover_under_load_loses_nothing_and_pauses_writes_briefl
                 for shard in victims
             )
             + f"; errors: {sorted({e for w in writers for _, _, e in w.log.failed})}"
-            + f"; history: {[(r['shard'], r['manual'], r['outcome']) for r in records]}; "
+            + "; history: "
+            + ", ".join(
+                f"{r['shard']} manual={r['manual']} {r['outcome']} in {r['duration_ms']} ms "
+                f"({timeline(r)})"
+                for r in records
+            )
+            + "; "
             f"{report.summary()}"
         )
         done = [(r["shard"], r["manual"]) for r in records if r["outcome"] == "done"]
