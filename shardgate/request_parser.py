@@ -206,6 +206,21 @@ class RequestParser:
         """Bytes held for commands not yet complete (query buffer)."""
         return len(self._buf) - self._pos + self._chunks_len + self._pending_cost
 
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered, parsed ahead or half-parsed: the next bytes start a new command."""
+        return (
+            self._pos >= len(self._buf)
+            and not self._batch
+            and not self._chunks
+            and not self._remaining
+        )
+
+    def commands_taken_elsewhere(self) -> None:
+        """The caller answered complete multibulk commands from this stream without the parser
+        (the store node's fast path) while it was ``idle``: the stream has started."""
+        self._first = False
+
     def feed(self, data: bytes) -> None:
         if not data:
             return

@@ -157,8 +157,15 @@ class Keyspace:
         # anyway; evicting fresh keys for it would only empty the cache).
         return self._mem + self._refresh_containers() + self._lazyfree_bytes
 
-    def _stamp(self, now_ms: int) -> int:
-        # Reuse one int object per millisecond so the recency stamp costs no memory per key.
+    @property
+    def records(self) -> dict[bytes, Entry]:
+        """Key → record, for the node's fast path (``storenode/fastpath.py``) to read; it is
+        replaced by FLUSHALL, so fetch it again rather than keep it."""
+        return self._map
+
+    def stamp(self, now_ms: int) -> int:
+        """The recency stamp for ``now_ms``: one int object per millisecond, shared by every key
+        touched in it, so the stamp costs no memory per key; also the eviction clock."""
         if now_ms != self._now:
             self._now = now_ms
         return self._now
@@ -172,7 +179,7 @@ class Keyspace:
             exp = e.expire_at
             if not exp or now_ms <= exp:
                 self.stats.keyspace_hits += 1
-                if now_ms != self._now:  # _stamp inlined: this is GET's path
+                if now_ms != self._now:  # stamp inlined: this is GET's path
                     self._now = now_ms
                 e.lru = self._now
                 return e
@@ -188,7 +195,7 @@ class Keyspace:
             if exp and now_ms > exp:
                 self._expire(key, e)
                 return None
-            e.lru = self._stamp(now_ms)
+            e.lru = self.stamp(now_ms)
         return e
 
     def peek(self, key: bytes, now_ms: int) -> Entry | None:
@@ -215,7 +222,7 @@ class Keyspace:
         if not (len(old) == len(value) and old.__class__ is bytes and value.__class__ is bytes):
             self._mem += value_cost(value) - value_cost(old)
         e.value = value
-        if now_ms != self._now:  # _stamp inlined: this is SET's path
+        if now_ms != self._now:  # stamp inlined: this is SET's path
             self._now = now_ms
         e.lru = self._now
         if expire_at:
@@ -247,11 +254,11 @@ class Keyspace:
         if expire_at:
             vkeys = self._vkeys
             pos = len(keys) | len(vkeys) << POS_BITS
-            e = VolatileEntry(value, self._stamp(now_ms), pos, expire_at)
+            e = VolatileEntry(value, self.stamp(now_ms), pos, expire_at)
             vkeys.append(key)
             self._mem += VOLATILE_EXTRA_COST
         else:
-            e = Entry(value, self._stamp(now_ms), len(keys))
+            e = Entry(value, self.stamp(now_ms), len(keys))
         keys.append(key)
         self._map[key] = e
         self._mem += ENTRY_COST + bytes_cost(len(key)) + value_cost(value)

@@ -29,6 +29,7 @@ import trio
 
 from shardgate.logs import log_event
 from shardgate.resp import ProtocolError
+from storenode import fastpath
 from storenode.node_types import Deferred
 from storenode.session import Session
 
@@ -122,22 +123,42 @@ class Reactor:
         if not data:
             self.drop(fd)
             return
+        session = client.session
         self.node.stats.net_input_bytes += len(data)
-        client.session.last_interaction = time.time()
-        try:
-            client.session.parser.feed(data)
-        except ProtocolError as exc:
-            self._protocol_error(fd, client, [], exc)
-            return
-        self._process(fd, client)
+        session.last_interaction = time.time()
+        out: list[bytes] = []
+        size = 0
+        if fastpath.eligible(session, data):
+            # Plain GETs and SETs first (storenode/fastpath.py); the general path below takes
+            # over at the first frame the fast path leaves, and the rest of the batch.
+            pos = 0
+            while True:
+                pos, size = fastpath.serve(self.node, session, data, pos, out, FLUSH_AT)
+                if size < FLUSH_AT or pos == len(data):
+                    break
+                if not self._send(fd, client, out, size):
+                    session.parser.commands_taken_elsewhere()
+                    session.parser.feed(data[pos:])  # runs once the client reads
+                    return
+                out = []
+                size = 0
+            if pos:
+                session.parser.commands_taken_elsewhere()
+                data = data[pos:]
+        if data:
+            try:
+                session.parser.feed(data)
+            except ProtocolError as exc:
+                self._protocol_error(fd, client, out, exc)
+                return
+        self._process(fd, client, out, size)
 
-    def _process(self, fd: int, client: _Client) -> None:
-        """Run every complete command in the client's buffer and send the replies."""
+    def _process(self, fd: int, client: _Client, out: list[bytes], size: int) -> None:
+        """Run every complete command in the client's buffer and send the replies (``out``
+        holds replies of earlier commands of the batch, ``size`` bytes)."""
         session = client.session
         parser = session.parser
         execute = self.node.execute
-        out: list[bytes] = []
-        size = 0
         try:
             while (args := parser.next_command()) is not None:
                 reply = execute(session, args)
@@ -195,7 +216,7 @@ class Reactor:
             return
         self.blocked.discard(fd)
         self.ep.modify(fd, select.EPOLLIN)
-        self._process(fd, client)  # commands that waited behind the blocked output
+        self._process(fd, client, [], 0)  # commands that waited behind the blocked output
 
     def check_stalls(self) -> None:
         """Drop clients that have not read their replies for too long (called periodically)."""
