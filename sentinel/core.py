@@ -135,6 +135,11 @@ class SentinelCore(Leading):
             self.membership.next_deadline(now),
             self.tilt.ends_at(),
             *(f.deadline() for f in self.failovers.values()),
+            *(
+                c.rival_at_ms + self.timer.max_backoff_ms
+                for c in self.candidacies.values()
+                if c.rival_at_ms is not None
+            ),
         ):
             if t is not None:
                 times.append(t)
@@ -166,6 +171,8 @@ class SentinelCore(Leading):
             return tuple(out)
         for fo in list(self.failovers.values()):
             out += self._step(fo, fo.tick(now), now)
+        for shard in list(self.candidacies):  # a contested election ends after its grace
+            out += self._check_elected(shard, now)
         out += self._maybe_attempt(now)
         for node in list(self.reports):
             out += self._reconcile(node, now)
@@ -269,7 +276,7 @@ class SentinelCore(Leading):
             out.append(self._persist())
         for shard, cand in list(self.candidacies.items()):
             if cand.epoch == reply.epoch:
-                cand.on_reply(reply)
+                cand.on_reply(reply, now)
                 out += self._check_elected(shard, now)
         return out
 

@@ -20,7 +20,9 @@ How it works
   attempt for ``failover_timeout_ms`` plus a fresh back-off; the retry uses a higher epoch.
   A split vote (every voter answered, and the answers show nobody can reach ``needed``) is the
   exception: the attempt ends at once and is retried after a fresh back-off only, so a
-  three-way collision costs a round trip and a back-off instead of two failover timeouts.
+  three-way collision costs a round trip and a back-off instead of two failover timeouts. So
+  is a contested one (a rival candidate holds votes in this epoch and the voters still silent
+  did not answer within a back-off period): with one voter cut off, a split is never certain.
 """
 
 from __future__ import annotations
@@ -104,13 +106,16 @@ class Candidacy:
     deadline_ms: int
     # voter → whom it voted for in this epoch ("" when it refused without a vote).
     answers: dict[str, str] = attrs.field(factory=dict)
+    rival_at_ms: int | None = None  # when a reply first showed a vote for another candidate
 
     def __attrs_post_init__(self) -> None:
         self.answers[self.my_id] = self.my_id
 
-    def on_reply(self, reply: VoteReply) -> None:
+    def on_reply(self, reply: VoteReply, now: int = 0) -> None:
         if reply.epoch == self.epoch:
             self.answers[reply.sender] = reply.leader or ""
+            if reply.leader not in (None, "", self.my_id) and self.rival_at_ms is None:
+                self.rival_at_ms = now
 
     def granted(self, members: frozenset[str] | None = None) -> int:
         return sum(
@@ -133,6 +138,14 @@ class Candidacy:
                 counts[leader] = counts.get(leader, 0) + 1
         silent = len(members - self.answers.keys())
         return max(counts.values(), default=0) + silent < needed
+
+    def contested(self, now: int, grace_ms: int) -> bool:
+        """Another candidate holds votes in this epoch, and the voters still silent have had
+        ``grace_ms`` to answer since. With a voter cut off (a partitioned minority) ``split``
+        can never be sure; waiting out the election timeout instead cost each collision 10 s,
+        and two sentinels that time out together collide again (scenario 4 in
+        docs/faults.md). Retried like a split vote: a fresh back-off, a higher epoch."""
+        return self.rival_at_ms is not None and now >= self.rival_at_ms + grace_ms
 
     def expired(self, now: int) -> bool:
         return now >= self.deadline_ms

@@ -141,7 +141,7 @@ class Leading(abc.ABC):
         members = frozenset({self.id, *(m.key for m in self.membership.sentinels())})
         needed = votes_needed(sentinels=len(members), quorum=self.config.quorum)
         if not cand.elected(needed, members):
-            if cand.split(needed, members):
+            if cand.split(needed, members) or cand.contested(now, self.timer.max_backoff_ms):
                 return self._finish(fo, fo.abort(AbortReason.SPLIT_VOTE, now), now)
             return []
         actions = fo.elected(
