@@ -44,7 +44,13 @@ import pytest
 import redis
 import trio
 
-from tests.faults.cluster import Cluster, ShardSpec, link_up, repl_info, wait_until
+from tests.faults.cluster import (
+    Cluster,
+    ShardSpec,
+    link_up,
+    repl_info,
+    wait_until,
+)
 from tests.faults.measure import key_in
 from tests.faults.processes import ROOT, Service, Services, in_thread
 from tests.faults.workload import Workload, check, workload
@@ -237,4 +243,78 @@ async def test_paused_write_on_a_demoted_semi_sync_primary_is_refused_at_once(
         assert isinstance(took, float) and took < pause_s + 0.5, took
 
     with trio.fail_after(60):
+        await in_thread(body)
+
+
+@pytest.mark.faults
+async def test_manual_failover_whose_replica_cannot_catch_up_is_aborted_and_unpaused(
+    procs: Services, tmp_path: Path
+) -> None:
+    """The other half of the promise: when no replica reaches the paused primary's offset in
+    half of ``manual_pause_ms`` (250 ms), the failover is aborted (``catchup-timeout``), the
+    primary is unpaused (``CLIENT UNPAUSE``) and stays primary, and nothing is lost.
+
+    Both replicas are frozen (SIGSTOP) 0.1 s before the request and resumed 0.8 s after the
+    freeze: long enough to miss the catch-up window, short enough to stay eligible (a report
+    in the last second) and never SDOWN. (A throttled replication link does not do: the
+    sentinels re-point a replica that follows a fault proxy to the primary they know.)"""
+
+    def body() -> None:
+        cluster = Cluster(
+            procs,
+            [ShardSpec(name="async", replicas=2)],
+            workdir=tmp_path,
+            proxies=1,
+            sentinels=3,
+            proxy_args=["--timeout-ms", "1000"],
+        ).start()
+        shard = cluster.shards["async"]
+        tag = key_in((shard.slots.start, shard.slots.end), "tag")
+        r = cluster.proxy_client()()
+        wait_until(partial(r.set, f"{{{tag}}}:ready", 1), 15, "proxy ready")
+        old = shard.primary
+        records: list[dict[str, Any]] = []
+
+        def ended() -> bool:
+            records[:] = json.loads(
+                cluster.sentinels[0].client().execute_command("SG.HISTORY", "json")
+            )
+            return bool(records)
+
+        with workload(cluster.proxy_client(timeout=3), writers=4, hash_tag=tag, pace=0.002,
+                      probe_nodes=cluster.probe_nodes()) as load:  # fmt: skip
+            time.sleep(1.0)
+            replicas = list(shard.replicas)
+            for replica in replicas:
+                replica.pause()
+            frozen = time.monotonic()
+            time.sleep(0.1)
+            asked = time.monotonic()
+            reply = cluster.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", "async")
+            assert reply in (b"OK", "OK", True), reply
+            time.sleep(max(0.0, frozen + 0.8 - time.monotonic()))
+            for replica in replicas:
+                replica.resume()
+            wait_until(ended, 10, "the manual failover ends")
+            time.sleep(1.0)
+            window = (asked, time.monotonic())
+        pause = max(longest_gap([a.at for a in w.log.acks], *window) for w in load.writers)
+        wait_until(partial(cluster.converged, "async"), 30, "replicas catch up")
+        report = check(load.writers, cluster.topology(), cluster.primaries(),
+                       cluster.durability(), reader=load.reader, probe=load.probe)  # fmt: skip
+        primary_now = cluster.sentinel_primary("async")
+        print(
+            "scenario 8, replicas that cannot catch up (frozen 0.8 s across the request): "
+            "history "
+            + ", ".join(f"{r['outcome']} in {r['duration_ms']} ms ({timeline(r)})" for r in records)
+            + f"; still the primary: {primary_now == old.address}; longest write pause per "
+            f"writer {pause * 1000:.0f} ms; {report.summary()}"
+        )
+        assert [(r["manual"], r["outcome"]) for r in records] == [(True, "catchup-timeout")]
+        assert primary_now == old.address
+        assert pause < PAUSE_LIMIT_S, pause
+        assert report.lost_in("async") == 0, report.examples
+        old.client().set(f"{{{tag}}}:still-primary", 1)  # unpaused and writable
+
+    with trio.fail_after(120):
         await in_thread(body)
