@@ -92,7 +92,11 @@ def serve(
     ks = node.keyspace
     get = ks.records.get
     set_ = ks.set
-    evict = ks.evict_if_needed if node.memory_limited else None
+    evict = ks.evict_if_needed
+    limited = node.memory_limited
+    # Writes evict first (evict_if_needed) when a maxmemory is set; once it said yes, it says
+    # yes again until some write changes the memory used.
+    within_limit = not limited
     writable = node.write_gate_open and not node.propagating
     heads = _HEADS.get
     bulk_heads = _BULK_HEADS.get
@@ -161,9 +165,25 @@ def serve(
             v1 = v0 + vlen
             if data[v1 : v1 + 2] != CRLF:
                 break
-            if evict is not None and not evict():
-                break  # the general path answers OOM
-            set_(key, data[v0:v1], now_ms)
+            if not within_limit:
+                if not evict():
+                    break  # the general path answers OOM
+                within_limit = True
+            e = get(key)
+            if e is not None and not e.expire_at and (old := e.value).__class__ is bytes:
+                if len(old) == vlen:
+                    # What Keyspace.set does for a same-size overwrite of a record without a
+                    # TTL: no memory to account, so no eviction check needed before the next.
+                    e.value = data[v0:v1]
+                    if stamp is None:
+                        stamp = ks.stamp(now_ms)
+                    e.lru = stamp
+                else:
+                    set_(key, data[v0:v1], now_ms)
+                    within_limit = not limited
+            else:
+                set_(key, data[v0:v1], now_ms)
+                within_limit = not limited
             append(OK_BYTES)
             size += 5
             sets += 1

@@ -145,12 +145,14 @@ class Reactor:
             if pos:
                 session.parser.commands_taken_elsewhere()
                 data = data[pos:]
-        if data:
-            try:
-                session.parser.feed(data)
-            except ProtocolError as exc:
-                self._protocol_error(fd, client, out, exc)
-                return
+        if not data:  # the fast path took it all
+            self._send(fd, client, out, size)
+            return
+        try:
+            session.parser.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(fd, client, out, exc)
+            return
         self._process(fd, client, out, size)
 
     def _process(self, fd: int, client: _Client, out: list[bytes], size: int) -> None:
