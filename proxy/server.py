@@ -36,7 +36,7 @@ import trio
 
 from proxy import metrics
 from proxy.backend import BackendConn
-from proxy.client import ClientConn
+from proxy.client import ClientConn, ClientReactor
 from proxy.config import ClusterSettings, ProxyConfig
 from proxy.ordering import Pending
 from proxy.reads import ReplicaMonitor, ShardReads
@@ -84,6 +84,7 @@ class Proxy:
         self.next_client_id = 0
         self.reload_lock = trio.Lock()
         self._dirty: list[ClientConn] = []
+        self.clients = ClientReactor(self)  # every client connection of this process
         self._flusher: trio.lowlevel.Task | None = None
         self.monitor = ReplicaMonitor(
             nursery,
@@ -472,17 +473,7 @@ class Proxy:
                 sock.close()
                 continue
             self.next_client_id += 1
-            self.nursery.start_soon(self._client, ClientConn(self, sock, self.next_client_id))
-
-    async def _client(self, client: ClientConn) -> None:
-        self.stats.clients_connected += 1
-        self.stats.clients_total += 1
-        try:
-            await client.run()
-        except Exception as exc:  # a bug must cost one connection, never the whole proxy
-            log_event("client_failed", "error", client=client.session.id, error=repr(exc))
-        finally:
-            self.stats.clients_connected -= 1
+            self.clients.add(ClientConn(self, sock, self.next_client_id))
 
     # -- introspection --------------------------------------------------------------------------
 
@@ -586,10 +577,7 @@ def _flush(client: ClientConn) -> None:
         client.flush()
     except Exception as exc:
         log_event("client_flush_failed", "error", error=repr(exc))
-        client.dead = True
-        scope = getattr(client, "scope", None)
-        if scope is not None:
-            scope.cancel()
+        client.close()
 
 
 def listen_socket(config: ProxyConfig) -> socket.socket:
@@ -642,6 +630,7 @@ async def serve(
                     log_event("metrics_failed", "error", port=config.metrics_port, reason=exc)
             nursery.start_soon(proxy._sighup)
             nursery.start_soon(proxy._flush_loop)
+            nursery.start_soon(proxy.clients.run)
             nursery.start_soon(proxy.accept_loop, lsock)
             host, port = lsock.getsockname()[:2]
             log_event(
