@@ -603,6 +603,10 @@ async def serve(
     """Run the proxy until cancelled; reports the (host, port) it listens on."""
     settings = config.load_settings()
     lsock = listen_socket(config)
+    if config.port == 0:
+        # The port the OS chose is this proxy's address: its name to the sentinels (two
+        # proxies on port 0 must not both call themselves host:0) and INFO's tcp_port.
+        config = attrs.evolve(config, port=lsock.getsockname()[1])
     with lsock:
         async with trio.open_nursery() as nursery:
             proxy = Proxy(config, settings, nursery)

@@ -177,6 +177,27 @@ async def test_without_any_sentinel_the_proxy_says_so_instead_of_guessing() -> N
         nursery.cancel_scope.cancel()
 
 
+async def test_a_proxy_on_port_0_reports_the_port_it_got_not_0() -> None:
+    """Two proxies on port 0 without --name must not both call themselves 127.0.0.1:0 to the
+    sentinels (found by the failover-loop scenario: sentinel status showed one proxy)."""
+    with backends("node", 1) as (a,):
+        s1 = FakeSentinel(one_shard(3, a))
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(s1.serve)
+                config = ProxyConfig(port=0, sentinels=(NodeAddress("127.0.0.1", s1.port),))
+                _, port = await nursery.start(serve, config)
+                r = redis.Redis(port=port, socket_timeout=5)
+                assert (await info(r))["tcp_port"] == port
+
+                async def reported() -> bool:
+                    return any(name == f"127.0.0.1:{port}".encode() for name, _ in s1.reports)
+
+                await wait_for(reported)
+                assert all(not name.endswith(b":0") for name, _ in s1.reports)
+                nursery.cancel_scope.cancel()
+
+
 async def test_stale_node_makes_the_proxy_refresh_at_once() -> None:
     with backends("node", 1) as (a,):
         s = FakeSentinel(one_shard(2, a))
