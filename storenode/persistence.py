@@ -286,12 +286,13 @@ async def _background_save(node: Node) -> None:
     dirty = changes(node)
     renamed = False
     try:
-        # Writes go to the page cache (a chunk is ~50 KB): only the fsync is sent to a thread.
         with _create(temp) as f:
             enc = snapshot_file.Encoder(time.time_ns() // 1_000_000)
             f.write(enc.header())
             cursor = 0
             p.bg_max_slice_us = 0
+            pending: list[bytes] = []
+            pending_bytes = 0
             while True:
                 t0 = time.perf_counter()
                 now_ms = time.time_ns() // 1_000_000
@@ -302,9 +303,16 @@ async def _background_save(node: Node) -> None:
                     if e is not None:
                         v = e.value
                         records.append((key, v if v.__class__ is bytes else bytes(v), e.expire_at))
-                f.write(enc.records(records))
+                pending.append(enc.records(records))
+                pending_bytes += len(pending[-1])
                 slice_us = int((time.perf_counter() - t0) * 1e6)
                 p.bg_max_slice_us = max(p.bg_max_slice_us, slice_us)
+                if pending_bytes >= snapshot_file.CHUNK_BYTES or cursor == 0:
+                    # In a thread: writeback throttling can block a write for milliseconds.
+                    data = b"".join(pending)
+                    pending.clear()
+                    pending_bytes = 0
+                    await trio.to_thread.run_sync(f.write, data)
                 if cursor == 0:
                     break
                 await trio.lowlevel.checkpoint()  # let clients run between chunks
