@@ -118,7 +118,11 @@ class NodeServer:
             while table.acked(offset) < needed:
                 await self.acks.wait()
 
-    async def _after_pause(self, session: Session, paused: PausedWrite) -> bytes:
+    async def _after_pause(self, session: Session, paused: PausedWrite) -> tuple[bytes, bool]:
+        """Run a write held by CLIENT PAUSE once the pause ends; also whether it wrote (moved
+        the replication offset). Measured around this execute alone: a node demoted during
+        the pause follows its new primary's stream, so its offset moves without this write,
+        which it refuses with -READONLY (docs/faults.md, scenario 8)."""
         node = self.node
         remaining = node.writes_paused_until - time.monotonic()
         if remaining > 0:
@@ -127,9 +131,10 @@ class NodeServer:
         if node.writes_paused_until and time.monotonic() >= node.writes_paused_until:
             node.writes_paused_until = 0.0
             node.refresh_gates()
+        before = node.repl.offset
         reply = node.execute(session, list(paused.args))
         assert isinstance(reply, bytes)  # a write resolves to bytes once unpaused
-        return reply
+        return reply, node.repl.offset != before
 
     async def _resolve(self, deferred: Deferred) -> bytes:
         assert isinstance(deferred, WaitForAcks)
@@ -217,7 +222,7 @@ class NodeServer:
                             return
                         if isinstance(deferred, PausedWrite):
                             await self._flush(sock, session, out, sum(map(len, out)), [])
-                            out = [await self._after_pause(session, deferred)]
+                            out = [(await self._after_pause(session, deferred))[0]]
                         else:
                             out.append(await self._resolve(deferred))
                         await self._flush(sock, session, out, sum(map(len, out)), [])
@@ -275,8 +280,8 @@ class NodeServer:
                             await self._flush(sock, session, out, size, synced)
                             out = []
                             size = 0
-                            reply = await self._after_pause(session, reply)
-                            if sync_n and repl.offset != before:
+                            reply, wrote = await self._after_pause(session, reply)
+                            if sync_n and wrote:
                                 synced.append(len(out))
                         else:
                             reply = await self._resolve(reply)  # type: ignore[arg-type]

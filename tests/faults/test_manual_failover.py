@@ -14,17 +14,16 @@ lost in **either** class (the replica had everything the old primary had acknowl
 write pause seen through each proxy (the longest time any one writer of that shard went
 without an acknowledgement) is under 1 s; the old primary is a replica of the new one.
 
-Found (node, ``storenode/server.py``; xfail, strict): a write held by ``CLIENT PAUSE`` on a
+Found and fixed (node, ``storenode/server.py``): a write held by ``CLIENT PAUSE`` on a
 semi-sync primary that is demoted during the pause is refused after the pause (``-READONLY``,
-not applied) but then waits for replica acks as if it had been applied — the client loop
-compares the replication offset from *before* the pause with the offset after it, and the
-demoted node's offset moved with its new primary's stream — and is answered, after
+not applied) but then waited for replica acks as if it had been applied — the client loop
+compared the replication offset from *before* the pause with the offset after it, and the
+demoted node's offset moved with its new primary's stream — and was answered, after
 ``--sync-timeout-ms``, ``-TIMEOUT write applied but acknowledged by 0 of 1 replicas``: a false
-claim, too late for the proxy (whose ``--timeout-ms`` expires first, so the client gets
-``backend … timeout`` instead of the ``-READONLY`` the proxy would have retried on the new
-primary). ``test_paused_write_on_a_demoted_semi_sync_primary_is_refused_at_once`` shows it in a
-few seconds without sentinels. The fix is in the node: decide "applied" from the offset right
-around ``execute`` in ``_after_pause``.
+claim, too late for the proxy (whose ``--timeout-ms`` expired first). Now "applied" is decided
+from the offset right around ``execute`` in ``_after_pause``;
+``test_paused_write_on_a_demoted_semi_sync_primary_is_refused_at_once`` shows it in a few
+seconds without sentinels.
 """
 
 from __future__ import annotations
@@ -57,12 +56,6 @@ from tests.faults.workload import Workload, check, workload
 
 SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 PAUSE_LIMIT_S = 1.0
-NODE_BUG = (
-    "node (storenode/server.py): a write paused on a semi-sync primary that is demoted during "
-    "the pause is refused (-READONLY) but then waits --sync-timeout-ms for replica acks and is "
-    "answered -TIMEOUT 'write applied' (the offset compared is the one from before the pause); "
-    "the proxy times it out at --timeout-ms instead of retrying it on the new primary"
-)
 
 
 def longest_gap(acks: list[float], start: float, end: float) -> float:
@@ -95,13 +88,9 @@ def cli_failover(sentinel: Service, shard: str) -> str:
 @pytest.mark.parametrize(
     ("victims", "pause_checked"),
     [
-        # the semi-sync shard's pause is held to the limit in its own (strict xfail) run, so
-        # that its losses are still asserted in this one while the node bug stands
         pytest.param(("semi", "async"), False, id="semi-then-async"),
         pytest.param(("async",), True, id="async"),
-        pytest.param(
-            ("semi",), True, id="semi-pause", marks=pytest.mark.xfail(strict=True, reason=NODE_BUG)
-        ),
+        pytest.param(("semi",), True, id="semi-pause"),
     ],
 )
 async def test_manual_failover_under_load_loses_nothing_and_pauses_writes_briefly(
@@ -198,14 +187,13 @@ async def test_manual_failover_under_load_loses_nothing_and_pauses_writes_briefl
         assert report.lost_in("async") == 0, report.examples
         if pause_checked:
             assert all(p < PAUSE_LIMIT_S for p in pauses.values()), pauses
-        else:  # only the async shard's (the semi-sync one's: the xfail run, NODE_BUG)
+        else:  # only the async shard's (the semi-sync one's is checked in its own run)
             assert all(p < PAUSE_LIMIT_S for (s, _), p in pauses.items() if s == "async"), pauses
 
     with trio.fail_after(180):
         await in_thread(body)
 
 
-@pytest.mark.xfail(strict=True, reason=NODE_BUG)
 async def test_paused_write_on_a_demoted_semi_sync_primary_is_refused_at_once(
     procs: Services,
 ) -> None:
@@ -238,8 +226,7 @@ async def test_paused_write_on_a_demoted_semi_sync_primary_is_refused_at_once(
         writer.join(10)
         reply, took = outcome
         print(f"paused write on the demoted primary: {reply!r} after {took:.2f}s")
-        assert isinstance(reply, redis.ResponseError), reply
-        assert str(reply).startswith("READONLY"), reply
+        assert isinstance(reply, redis.exceptions.ReadOnlyError), reply  # -READONLY …
         assert isinstance(took, float) and took < pause_s + 0.5, took
 
     with trio.fail_after(60):
