@@ -68,13 +68,15 @@ _BULK_HEADS = {b"$%d\r\n" % n: n for n in range(_MAX_LEN + 1)}
 # The reply's header for a value of each length.
 _REPLY_HEADS = [b"$%d\r\n" % n for n in range(_MAX_LEN + 1)]
 CRLF = b"\r\n"
+_SHAPES = (b"*2\r\n$3\r\n", b"*3\r\n$3\r\n")
 
 
 def eligible(session: Session, data: bytes) -> bool:
     """Whether ``data``, just received, may start on the fast path."""
     parser = session.parser
     return (
-        session.authenticated
+        data.startswith(_SHAPES)  # a command of three letters with one or two arguments
+        and session.authenticated
         and not session.resp3
         and parser.idle
         and len(data) <= parser.limits.max_querybuf
