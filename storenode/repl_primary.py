@@ -11,9 +11,10 @@ How it works
   a millisecond) and memory stays bounded by one chunk plus what the socket holds. Writes made
   meanwhile collect in the link's pending buffer from the snapshot's start offset and follow it:
   state records are idempotent, so the replica converges.
-- ``SG.GETACK`` and ``SG.PING`` travel on the link but outside the offset space (they are not in
-  the backlog); the replica answers GETACK with ``SG.ACK offset`` at once and acks on its own
-  every 100 ms.
+- ``SG.GETACK`` and ``SG.PING stamp-ms`` travel on the link but outside the offset space (they
+  are not in the backlog); the replica answers GETACK with an ack at once and acks on its own
+  every 100 ms. The stamped PING, every ``STAMP_INTERVAL`` after whatever stream bytes were
+  pending, is both the heartbeat and the clock the acks are judged by (``replication.py``).
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ from shardgate.resp import ProtocolError, RequestLimits, RequestParser, encode_c
 from storenode.node import Node
 from storenode.node_types import ServeReplica
 from storenode.rawio import Stalled, recv_some, send_all
-from storenode.replication import ReplicaRecord, put_effect
+from storenode.replication import (
+    STAMP_INTERVAL,
+    ReplicaRecord,
+    ack_sent_at,
+    put_effect,
+    stamp_command,
+)
 
 SNAPSHOT_CHUNK = 512
 SNAPEND = encode_command([b"SG.SNAPEND"])
 GETACK = encode_command([b"SG.GETACK"])
-PING = encode_command([b"SG.PING"])
-HEARTBEAT_SECONDS = 1.0
 # Redis's client-output-buffer-limit for replicas is 256 MB hard: a replica that falls further
 # behind is dropped and resyncs.
 MAX_PENDING = 256 * 1024 * 1024
@@ -155,14 +160,19 @@ async def _send_snapshot(node: Node, sock: socket.socket) -> None:
 
 
 async def _stream(sock: socket.socket, feed: ReplicaFeed, scope: trio.CancelScope) -> None:
+    next_stamp = 0.0
     while not feed.broken:
-        if not feed.pending:
-            with trio.move_on_after(HEARTBEAT_SECONDS):
+        now = time.monotonic()
+        stamp = b""
+        if now >= next_stamp:
+            # After the pending bytes: a replica that echoes it has read everything up to now.
+            stamp = stamp_command(now)
+            next_stamp = now + STAMP_INTERVAL
+        elif not feed.pending:
+            with trio.move_on_after(next_stamp - now):
                 await feed.wake.wait()
-            if not feed.pending:
-                await send_all(sock, PING)
-                continue
-        await send_all(sock, feed.take())
+            continue
+        await send_all(sock, (feed.take() if feed.pending else b"") + stamp)
     log_event("replica_dropped", level="warn", reason="output buffer limit")
     scope.cancel()
 
@@ -178,14 +188,16 @@ async def _read_acks(
             return
         parser.feed(data)
         while (args := parser.next_command()) is not None:
-            if args[0].upper() == b"SG.ACK" and len(args) in (2, 3):
-                now = time.monotonic()
-                if len(args) == 3:
-                    # Age by the replica's send time (same wall clock on one host, NTP across
-                    # hosts): a late-delivered ack is old news, not a sign of a live replica.
-                    age_ms = time.time_ns() // 1_000_000 - int(args[2])
-                    now -= max(0, age_ms) / 1000
-                node.repl.replicas.ack(record.id, int(args[1]), now)
+            if args[0].upper() == b"SG.ACK" and len(args) in (2, 3, 4):
+                # Judged by when it was sent, on our clock: a late-delivered ack is old news,
+                # not a sign of a live replica (replication.py).
+                sent = ack_sent_at(
+                    time.monotonic(),
+                    args,
+                    wall_now_ms=time.time_ns() // 1_000_000,
+                    stamped=record.stamped,
+                )
+                node.repl.replicas.ack(record.id, int(args[1]), sent, stamped=len(args) == 4)
                 acks.notify()
 
 

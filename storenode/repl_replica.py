@@ -7,11 +7,13 @@ How it works
   continuation, then the live stream. It reconnects with exponential backoff (100 ms to 1 s).
 - Every stream command moves the offset by its encoded length and is appended to the replica's
   own backlog, so after a promotion the other replicas can continue from it (Redis's replid2).
-- Acks: ``SG.ACK offset sent-at-ms`` every 100 ms and at once on ``SG.GETACK``. The send time
-  lets the primary judge an ack by when it was sent, not when it arrived: acks held up by a
-  partition arrive in a burst when it heals and must not make a superseded primary believe its
-  replicas are with it (found by tests/faults/test_jepsen_partition.py).
-- A link silent for ``LINK_TIMEOUT`` seconds (the primary heartbeats every second) is dropped
+- Acks: ``SG.ACK offset sent-at-ms stamp-ms`` every 100 ms and at once on ``SG.GETACK``;
+  ``stamp-ms`` echoes the newest ``SG.PING stamp-ms`` read from the primary (left out until one
+  arrives). The echo lets the primary judge an ack by when it was sent, on its own clock, not
+  when it arrived: acks held up by a partition arrive in a burst when it heals and must not make
+  a superseded primary believe its replicas are with it (found by
+  tests/faults/test_jepsen_partition.py; ``replication.py`` says why not by ``sent-at-ms``).
+- A link silent for ``LINK_TIMEOUT`` seconds (the primary pings every 100 ms) is dropped
   and reconnected, like Redis's repl-timeout.
 """
 
@@ -173,6 +175,8 @@ async def _apply_stream(
         now_ms = time.time_ns() // 1_000_000
         while (args := parser.next_command()) is not None:
             if args[0] == b"SG.PING":
+                if len(args) == 2:
+                    acker.stamp = args[1]
                 continue
             if args[0] == b"SG.GETACK":
                 acker.now.set()
@@ -198,19 +202,18 @@ class _Acker:
         self.node = node
         self.sock = sock
         self.now = trio.Event()
+        self.stamp: bytes | None = None  # the newest stamp the primary sent, echoed
 
     async def run(self) -> None:
         while True:
-            await send_all(
-                self.sock,
-                encode_command(
-                    [
-                        b"SG.ACK",
-                        str(self.node.repl.offset).encode(),
-                        str(time.time_ns() // 1_000_000).encode(),
-                    ]
-                ),
-            )
+            ack = [
+                b"SG.ACK",
+                str(self.node.repl.offset).encode(),
+                str(time.time_ns() // 1_000_000).encode(),
+            ]
+            if self.stamp is not None:
+                ack.append(self.stamp)
+            await send_all(self.sock, encode_command(ack))
             with trio.move_on_after(ACK_INTERVAL):
                 await self.now.wait()
             self.now = trio.Event()

@@ -12,6 +12,17 @@ How it works
   bytes so a replica that reconnects within the backlog resumes with a partial resync.
 - ``ReplicaTable`` records each replica's acked offset and when it last acked (monotonic
   seconds), which answers WAIT, ``min_replicas_to_write`` and semi-synchronous writes.
+- An ack's freshness is judged on the primary's own clock. Every ``STAMP_INTERVAL`` the primary
+  sends each replica ``SG.PING stamp-ms`` (its monotonic clock, outside the offset space); the
+  replica echoes the newest stamp it has read in every ack: ``SG.ACK offset sent-ms stamp-ms``.
+  An ack echoing stamp T proves the replica was connected and had read the stream up to T, so
+  it counts as sent at T — never later than it really was, whatever the replicas' clocks say.
+  Acks held up by a partition arrive in a burst when it heals, echoing stamps from before the
+  cut, and do not make a superseded primary meet ``min_replicas_to_write`` again. Judging by
+  the replica's ``sent-ms`` (its wall clock) instead, as before 2026-11-26, was wrong by the
+  clock skew between the hosts: a replica whose clock runs S seconds ahead made acks up to S
+  seconds old look new. Only acks of replicas that echo no stamp (older versions) still fall
+  back to ``sent-ms`` (``ack_sent_at``).
 """
 
 from __future__ import annotations
@@ -26,7 +37,39 @@ DEFAULT_BACKLOG = 1024 * 1024
 # semi-sync writes and WAIT return quickly).
 ACK_INTERVAL = 0.1
 
+# How often the primary stamps each replica link (``SG.PING stamp-ms``): an echoed stamp is at
+# most this much + one ack interval old, small against ``min_replicas_max_lag`` (seconds).
+STAMP_INTERVAL = ACK_INTERVAL
+
 FLUSH_EFFECT = encode_command([b"FLUSHALL"])
+
+
+def stamp_command(now: float) -> bytes:
+    """``SG.PING stamp-ms``: the primary's monotonic ``now`` for the replica to echo."""
+    return encode_command([b"SG.PING", str(int(now * 1000)).encode()])
+
+
+def ack_sent_at(now: float, args: list[bytes], *, wall_now_ms: int, stamped: bool = False) -> float:
+    """When an ``SG.ACK`` was sent, on the primary's monotonic clock (``now`` is the arrival).
+
+    - ``SG.ACK offset sent-ms stamp-ms``: the echoed stamp (never later than ``now``).
+    - ``SG.ACK offset sent-ms`` from a link that never echoed a stamp (an older replica): aged
+      by the replica's wall clock against ours (``wall_now_ms``), as good as the clocks agree.
+      On a link that has echoed stamps (``stamped``) such an ack proves nothing new: it counts
+      as infinitely old.
+    - ``SG.ACK offset``: the arrival time (the oldest replicas).
+    Raises ``ValueError`` on a malformed ack.
+    """
+    if len(args) == 4:
+        return min(now, int(args[3]) / 1000)
+    if len(args) == 3:
+        if stamped:
+            return float("-inf")
+        age_ms = wall_now_ms - int(args[2])
+        return now - max(0, age_ms) / 1000
+    if len(args) == 2:
+        return float("-inf") if stamped else now
+    raise ValueError("SG.ACK takes 1 to 3 arguments")
 
 
 def put_effect(key: bytes, value: bytes | bytearray, expire_at: int) -> bytes:
@@ -97,6 +140,7 @@ class ReplicaRecord:
     ack_offset: int = 0
     last_ack: float = 0.0  # monotonic seconds
     online: bool = False  # False while the snapshot is still streaming
+    stamped: bool = False  # it has echoed our stamps: its acks are judged by them only
 
 
 class ReplicaTable:
@@ -111,12 +155,14 @@ class ReplicaTable:
     def remove(self, replica_id: int) -> None:
         self.replicas.pop(replica_id, None)
 
-    def ack(self, replica_id: int, offset: int, sent: float) -> None:
-        """Record an ack; ``sent`` is when the replica sent it (monotonic seconds here)."""
+    def ack(self, replica_id: int, offset: int, sent: float, *, stamped: bool = False) -> None:
+        """Record an ack; ``sent`` is when the replica sent it (monotonic seconds here, see
+        ``ack_sent_at``); ``stamped``: it echoed one of our stamps."""
         r = self.replicas.get(replica_id)
         if r is not None:
             r.ack_offset = max(r.ack_offset, offset)
             r.last_ack = max(r.last_ack, sent)
+            r.stamped = r.stamped or stamped
 
     def acked(self, offset: int) -> int:
         """Replicas that have acknowledged everything up to ``offset``."""

@@ -12,9 +12,11 @@ from storenode.replication import (
     ReplicaRecord,
     ReplicaTable,
     ReplicationBacklog,
+    ack_sent_at,
     del_effect,
     encoded_length,
     put_effect,
+    stamp_command,
 )
 from storenode.roles import Role, RoleState, StaleEpoch
 
@@ -86,6 +88,80 @@ def test_an_ack_delivered_late_counts_from_when_it_was_sent() -> None:
     t.ack(1, 12, sent=95.0)  # sent earlier, delivered later: freshness does not go back
     assert t.good(now=100.5, max_lag=1.0) == 1
     assert t.good(now=101.5, max_lag=1.0) == 0
+
+
+def ack(offset: int, sent_ms: int, stamp: bytes | None = None) -> list[bytes]:
+    """An ``SG.ACK`` as the primary parses it."""
+    args = [b"SG.ACK", str(offset).encode(), str(sent_ms).encode()]
+    return [*args, stamp] if stamp is not None else args
+
+
+def test_a_stamp_is_the_primarys_monotonic_clock_in_ms() -> None:
+    parser = RequestParser()
+    parser.feed(stamp_command(1234.5678))
+    assert parser.next_command() == [b"SG.PING", b"1234567"]
+
+
+def test_acks_held_up_by_a_partition_do_not_count_at_the_heal() -> None:
+    """Scenario 3: cut at t=100 (primary's monotonic clock), healed at t=106. The replica's
+    acks from the cut's first second arrive in a burst at the heal, echoing the stamps they
+    read then: min-replicas (max lag 1 s) stays unmet; a fresh echo meets it again."""
+    t = ReplicaTable()
+    t.add(ReplicaRecord(id=1, addr="10.0.0.2:6379", online=True))
+    for i in range(10):  # sent at 100.0 .. 100.9 (echoing stamps 99.9 .. 100.8), read at 106.0
+        stamp = str(99_900 + 100 * i).encode()
+        sent = ack_sent_at(106.0, ack(500, 0, stamp), wall_now_ms=0, stamped=True)
+        t.ack(1, 500, sent, stamped=True)
+    assert t.replicas[1].last_ack == 100.8
+    assert t.good(now=106.0, max_lag=1.0) == 0
+    assert t.good(now=101.7, max_lag=1.0) == 1  # the same acks were good while they were new
+    sent = ack_sent_at(106.2, ack(500, 0, b"106100"), wall_now_ms=0, stamped=True)
+    t.ack(1, 500, sent, stamped=True)
+    assert t.good(now=106.2, max_lag=1.0) == 1
+
+
+@pytest.mark.parametrize("skew_ms", [-30_000, -900, 0, 900, 30_000])
+def test_an_echoed_ack_is_judged_on_the_primarys_clock_whatever_the_replicas_says(
+    skew_ms: int,
+) -> None:
+    """The replica's wall clock is ``skew_ms`` off ours: an echoed ack's age does not change."""
+    wall_now_ms = 1_700_000_000_000
+    sent_ms = wall_now_ms - 3_000 + skew_ms  # really sent 3 s ago, by the replica's clock
+    args = ack(10, sent_ms, b"47000")  # echoing our stamp from 3 s ago (now = 50.0)
+    assert ack_sent_at(50.0, args, wall_now_ms=wall_now_ms, stamped=True) == 47.0
+    assert ack_sent_at(50.0, args, wall_now_ms=wall_now_ms) == 47.0  # the first echoed ack
+
+
+def test_judged_by_the_replicas_wall_clock_a_skewed_ack_would_look_new() -> None:
+    """Why the stamp: the replica's send time (still used for replicas that echo none) is off by
+    the clock skew. A replica 5 s ahead makes a 3 s old ack look new, so a primary cut off from
+    it would meet min-replicas on the strength of old acks; one 5 s behind never would."""
+    wall_now_ms = 1_700_000_000_000
+    ahead = ack(10, wall_now_ms - 3_000 + 5_000)
+    assert ack_sent_at(50.0, ahead, wall_now_ms=wall_now_ms) == 50.0  # unsafe: looks new
+    behind = ack(10, wall_now_ms - 5_000)
+    assert ack_sent_at(50.0, behind, wall_now_ms=wall_now_ms) == 45.0
+    # Once a link has echoed stamps, an ack without one proves nothing.
+    assert ack_sent_at(50.0, ahead, wall_now_ms=wall_now_ms, stamped=True) == float("-inf")
+    assert ack_sent_at(50.0, [b"SG.ACK", b"10"], wall_now_ms=0, stamped=True) == float("-inf")
+    assert ack_sent_at(50.0, [b"SG.ACK", b"10"], wall_now_ms=0) == 50.0  # the oldest replicas
+
+
+def test_an_echoed_stamp_from_the_future_counts_as_now() -> None:
+    assert ack_sent_at(50.0, ack(1, 0, b"99000"), wall_now_ms=0) == 50.0
+    with pytest.raises(ValueError):
+        ack_sent_at(50.0, ack(1, 0, b"soon"), wall_now_ms=0)
+    with pytest.raises(ValueError):
+        ack_sent_at(50.0, [b"SG.ACK"], wall_now_ms=0)
+
+
+def test_a_link_that_echoed_stamps_stays_judged_by_them() -> None:
+    t = ReplicaTable()
+    t.add(ReplicaRecord(id=1, addr="10.0.0.2:6379", online=True))
+    t.ack(1, 5, 49.0, stamped=True)
+    assert t.replicas[1].stamped
+    t.ack(1, 6, 48.0)
+    assert t.replicas[1].stamped and t.replicas[1].last_ack == 49.0
 
 
 # --- fencing -----------------------------------------------------------------------------------
