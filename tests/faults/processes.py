@@ -5,6 +5,11 @@ optionally inside a network namespace. It waits for the process's ``listening on
 line; a restart reuses the port the OS gave the first start, as a restarted server on a real
 host would. Every process runs in its own session so signals reach its whole group, and
 ``stop`` (SIGCONT, SIGTERM, then SIGKILL) runs in ``finally`` blocks so nothing outlives a test.
+
+``Services`` also watches its processes for the issue's "every process survives its peers'
+faults; memory stays bounded": a thread samples every running process's RSS every
+``RSS_EVERY`` seconds, and ``check_survivors()`` — called at the end of each heavy scenario —
+fails if a process the test did not kill or stop has exited, or if one grew past a bound.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"(?<!metrics )listening on (\S+):(\d+)")
 _CONTROL = re.compile(r"control on (\S+):(\d+)")
 START_TIMEOUT = 20.0  # seconds; a trio process starts in ~0.5 s, 2 busy cores are slower
+# RSS sampling period: reading /proc/PID/statm of ~15 processes takes well under a millisecond.
+RSS_EVERY = 0.1
+# A process of the fault scenarios starts at 25-35 MiB and the floods peak at ~60 MiB
+# (docs/faults.md, scenario 12); 256 MiB is the bound scenario 12 asserted for the proxy.
+MAX_RSS_MIB = 256
 
 
 def _drain(stream: object, sink: list[str]) -> None:
@@ -64,6 +74,8 @@ class Service:
         self.output: list[str] = []
         self.control: tuple[str, int] | None = None
         self.paused = False
+        self.ended_by_test = False  # killed or stopped on purpose: not a casualty
+        self.peak_rss = 0  # bytes, the highest RSS sampled (all incarnations)
 
     def command(self) -> list[str]:
         argv = [sys.executable, "-m", self.module, *self.argv]
@@ -86,6 +98,7 @@ class Service:
             start_new_session=True,
         )
         self.paused = False
+        self.ended_by_test = False
         assert self.popen.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
         seen: list[str] = []
@@ -129,6 +142,7 @@ class Service:
     def kill(self) -> None:
         """kill -9: no goodbye, sockets reset by the kernel."""
         if self.popen is not None and self.popen.poll() is None:
+            self.ended_by_test = True
             self.signal(signal.SIGKILL)
             self.popen.wait(10)
         self.paused = False
@@ -150,6 +164,7 @@ class Service:
         if popen is None:
             return
         if popen.poll() is None:
+            self.ended_by_test = True
             self.signal(signal.SIGCONT)
             self.signal(signal.SIGTERM)
             try:
@@ -193,12 +208,54 @@ class Services:
 
     def __init__(self) -> None:
         self.all: list[Service] = []
+        self._done = threading.Event()
+        self._sampler: threading.Thread | None = None
 
     def add(self, service: Service) -> Service:
         self.all.append(service)
+        if self._sampler is None:
+            self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
+            self._sampler.start()
         return service.start()
 
+    def _sample_rss(self) -> None:
+        while not self._done.wait(RSS_EVERY):
+            for service in list(self.all):
+                if service.running:
+                    with contextlib.suppress(OSError, AssertionError):
+                        service.peak_rss = max(service.peak_rss, service.rss_bytes())
+
+    def casualties(self) -> list[Service]:
+        """Processes that exited although the test neither killed nor stopped them."""
+        return [
+            s for s in self.all if s.popen is not None and not s.running and not s.ended_by_test
+        ]
+
+    def check_survivors(self, *, max_rss_mib: float = MAX_RSS_MIB) -> str:
+        """Assert every process the test did not end is alive and none grew past
+        ``max_rss_mib``; return a line for the scenario's report."""
+        dead = self.casualties()
+        assert not dead, "died during the scenario: " + "; ".join(
+            f"{s.name} (exit {s.popen.returncode if s.popen else '?'}): {''.join(s.output[-15:])}"
+            for s in dead
+        )
+        for service in self.all:  # one last sample
+            if service.running:
+                with contextlib.suppress(OSError):
+                    service.peak_rss = max(service.peak_rss, service.rss_bytes())
+        mib = {s.name: s.peak_rss / 2**20 for s in self.all}
+        fat = {name: round(m, 1) for name, m in mib.items() if m > max_rss_mib}
+        assert not fat, f"peak RSS over {max_rss_mib} MiB: {fat}"
+        alive = sum(1 for s in self.all if s.running)
+        ended = sum(1 for s in self.all if s.ended_by_test)
+        top = max(mib, key=lambda n: mib[n], default="-")
+        return (
+            f"processes: {alive} of {len(self.all)} alive, {ended} ended by the test, none died; "
+            f"peak RSS {min(mib.values(), default=0):.0f}-{mib.get(top, 0):.0f} MiB ({top})"
+        )
+
     def stop_all(self) -> None:
+        self._done.set()
         for service in reversed(self.all):
             with contextlib.suppress(Exception):
                 service.stop()

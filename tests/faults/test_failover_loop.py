@@ -169,3 +169,4 @@ async def test_twenty_kills_give_twenty_failovers_without_semi_sync_loss(
 
     with trio.fail_after(600):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end

@@ -201,6 +201,7 @@ async def test_a_leader_killed_mid_failover_is_replaced_under_a_higher_epoch(
     try:
         with trio.fail_after(240):
             await in_thread(body)
+            print(procs.check_survivors())  # every process the test did not end
     finally:  # the processes' own account, for a failure or the docs
         for service in procs.all:
             (tmp_path / f"{service.name}.log").write_text("".join(service.output))

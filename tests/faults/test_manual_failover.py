@@ -192,6 +192,7 @@ async def test_manual_failover_under_load_loses_nothing_and_pauses_writes_briefl
 
     with trio.fail_after(180):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end
 
 
 async def test_paused_write_on_a_demoted_semi_sync_primary_is_refused_at_once(
@@ -231,6 +232,7 @@ async def test_paused_write_on_a_demoted_semi_sync_primary_is_refused_at_once(
 
     with trio.fail_after(60):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end
 
 
 @pytest.mark.faults
@@ -305,3 +307,4 @@ async def test_manual_failover_whose_replica_cannot_catch_up_is_aborted_and_unpa
 
     with trio.fail_after(120):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end

@@ -93,6 +93,7 @@ async def test_primary_killed_semi_sync_loses_nothing_async_losses_counted(
 
     with trio.fail_after(120):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end
 
 
 async def test_partitioned_primary_stops_taking_writes_within_max_lag(
@@ -144,3 +145,4 @@ async def test_partitioned_primary_stops_taking_writes_within_max_lag(
 
     with trio.fail_after(120):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end

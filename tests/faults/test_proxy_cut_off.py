@@ -165,3 +165,4 @@ async def test_a_proxy_restarted_without_sentinels_never_guesses(
 
     with trio.fail_after(180):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end

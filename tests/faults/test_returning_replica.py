@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.faults import netns
-from tests.faults.cluster import Cluster, ShardSpec, dump, sync_stats, wait_until
+from tests.faults.cluster import Cluster, ShardSpec, dump, repl_info, sync_stats, wait_until
 from tests.faults.processes import Services, in_thread
 from tests.faults.workload import check, workload
 
@@ -94,5 +94,92 @@ async def test_returning_replica_resyncs_and_converges(
         if how.startswith("partitioned"):
             with netns.network() as network:
                 await in_thread(body, network)
+                print(procs.check_survivors())  # every process the test did not end
         else:
             await in_thread(body, None)
+            print(procs.check_survivors())  # every process the test did not end
+
+
+SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
+DOWN_AFTER_MS = 1000
+
+
+async def test_replica_away_during_a_sentinel_failover_is_repointed_and_converges(
+    procs: Services, tmp_path: Path
+) -> None:
+    """Scenario 15 with sentinels: a replica frozen while the sentinels fail its primary over.
+
+    One semi-sync shard (primary + 2 replicas), 3 sentinels, a proxy following them, two
+    writers through it and the write probe. ``away`` is SIGSTOPped; 0.5 s later the primary is
+    ``kill -9``ed; the sentinels can only promote ``other`` (``away`` does not answer them).
+    One second after they name it, ``away`` is resumed: it still follows the dead primary.
+    Pass: the sentinels re-point it to the new primary (nobody else tells it), it links and
+    holds exactly the new primary's keys and TTLs; semi-sync writes, which had no replica to
+    ack them while ``away`` was frozen, are acknowledged again; no acknowledged semi-sync write
+    lost; two nodes never took writes for longer than ``down_after_ms`` + 1 s.
+    """
+
+    def body() -> None:
+        cluster = Cluster(
+            procs,
+            [ShardSpec(name="semi", replicas=2, node_args=SEMI, durability="semi-sync")],
+            workdir=tmp_path,
+            sentinels=3,
+            down_after_ms=DOWN_AFTER_MS,
+            proxy_args=["--timeout-ms", "1000"],
+        ).start()
+        shard = cluster.shards["semi"]
+        primary, (away, other) = shard.primary, list(shard.replicas)
+        r = cluster.proxy_client(timeout=3)()
+        wait_until(lambda: bool(r.set("ready", 1)), 15, "proxy ready")
+        with workload(cluster.proxy_client(timeout=3), writers=2, pace=0.002,
+                      probe_nodes=cluster.probe_nodes()) as load:  # fmt: skip
+            time.sleep(1.5)
+            away.pause()
+            paused = time.monotonic()
+            time.sleep(0.5)
+            primary.kill()
+            killed = time.monotonic()
+            new = cluster.wait_failover("semi", 20)
+            switched = time.monotonic() - killed
+            time.sleep(1.0)
+            acked_while_away = load.acked()
+            away.resume()
+            returned = time.monotonic()
+            repointed = wait_until(
+                lambda: (
+                    repl_info(away).get("master_port") == new.port
+                    and repl_info(away).get("master_link_status") == "up"
+                ),
+                20,
+                f"the sentinels re-point {away.name} to {new.name}",
+            )
+            # semi-sync writes are acknowledged again once `away` acks for the new primary
+            acks_back = load.acked()
+            wait_until(lambda: load.acked() > acks_back + 20, 10, "semi-sync acks resume")
+            time.sleep(1.0)
+        away_for = returned - paused
+        took = wait_until(
+            lambda: dump(away.client()) == dump(new.client()),
+            30,
+            f"{away.name} converges with {new.name}",
+        )
+        full, partial_ok = sync_stats(new)
+        report = check(load.writers, cluster.topology(), cluster.primaries(),
+                       cluster.durability(), reader=load.reader, probe=load.probe)  # fmt: skip
+        print(
+            f"scenario 15 with sentinels ({away.name} frozen {away_for:.2f}s, the primary killed "
+            f"0.5s in): the sentinels named {new.name} {switched:.2f}s after the kill; "
+            f"{acked_while_away} acks by the resume; {away.name} re-pointed and linked "
+            f"{repointed:.2f}s after SIGCONT (full/partial syncs served by {new.name}: "
+            f"{full}/{partial_ok}), equal to it {took:.2f}s after the workload stopped; "
+            f"{report.summary()}"
+        )
+        assert new is other, (new.name, other.name)
+        assert report.lost_in("semi-sync") == 0, report.examples
+        assert all(d <= DOWN_AFTER_MS / 1000 + 1 for d in report.split_brain.values())
+        assert len(dump(away.client())) > 100
+
+    with trio.fail_after(150):
+        await in_thread(body)
+    print(procs.check_survivors())  # every process the test did not end

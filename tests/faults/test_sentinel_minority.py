@@ -206,6 +206,7 @@ async def test_a_minority_sentinel_cut_off_with_the_primaries_cannot_fail_over(
     try:
         with trio.fail_after(180):
             await in_thread(body)
+            print(procs.check_survivors())  # every process the test did not end
     finally:  # the processes' own account, for a failure or the docs
         for service in procs.all:
             (tmp_path / f"{service.name}.log").write_text("".join(service.output))

@@ -196,3 +196,4 @@ async def test_a_sentinel_restarted_with_a_stale_state_file_adopts_the_newest_ep
 
     with trio.fail_after(150):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end

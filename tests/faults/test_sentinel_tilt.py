@@ -171,3 +171,4 @@ async def test_a_sentinel_paused_into_tilt_neither_votes_nor_acts_while_the_othe
 
     with trio.fail_after(150):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end

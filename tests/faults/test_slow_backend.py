@@ -89,6 +89,7 @@ async def test_slow_backend_only_slows_its_own_shard(procs: Services, tmp_path: 
 
     with trio.fail_after(90):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end
     print(f"scenario 11 (slow backend, timeout {TIMEOUT_MS} ms): {results}")
 
 
@@ -123,6 +124,7 @@ async def test_consecutive_timeouts_on_a_slow_backend_trip_the_breaker(
 
     with trio.fail_after(60):
         seen = await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end
     print(f"six GETs on a backend 250 ms away each way, timeout {TIMEOUT_MS} ms: {seen}")
     assert all("timeout" in outcome for _, outcome in seen[:3])
     # the 4th request onwards: the breaker is open, so they fail at once

@@ -126,3 +126,4 @@ async def test_a_replayed_lower_epoch_topology_is_ignored_and_nodes_refuse_it(
 
     with trio.fail_after(120):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end

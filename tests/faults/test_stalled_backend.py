@@ -106,6 +106,7 @@ async def test_stalled_backend_under_heavy_pipelining(
     assert sum(kinds.values()) == CLIENTS * pipeline
     assert "reply" not in kinds  # a stalled shard never answers, so every reply is an error
     assert peak_rss < RSS_LIMIT, peak_rss
+    print(procs.check_survivors())  # the nodes and fault proxy too, sampled every 100 ms
     assert not reads.errors(), reads.errors()[:3]
     # the healthy shard never waits as long as a timeout because another shard is stalled
     assert max(s.took for s in reads.samples) < TIMEOUT_MS / 1000

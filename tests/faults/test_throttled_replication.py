@@ -110,4 +110,5 @@ async def test_throttled_link_partial_inside_backlog_full_past_it(
 
     with trio.fail_after(120):
         await in_thread(body)
+        print(procs.check_survivors())  # every process the test did not end
     print(f"scenario 13 (backlog {BACKLOG} B, link {BANDWIDTH} B/s): {results}")
