@@ -26,7 +26,9 @@ What it must never skip (each case is left to the general path, which knows what
   histogram's lowest bucket, 10 µs), instead of a clock read around every command.
 
 ``tests/storenode/test_fastpath.py`` checks that replies and state are byte-identical to the
-general path's over a large random mix of commands.
+general path's over a large random mix of commands. Anything added to ``Node.execute`` or to
+``Keyspace.lookup``/``set`` for every command (a new gate, a counter, a notification) must be
+mirrored here or closed off in ``eligible``/the gates above, and added to that test's state.
 """
 
 from __future__ import annotations
