@@ -170,6 +170,7 @@ class ClientConn:
         fast = type(router) is Router and session.authenticated and reads is None
         single = SINGLE_KEY if fast else {}
         slot_owner = router.slot_owner if type(router) is Router else ()
+        unsent = proxy.unsent
         while (args := next_command()) is not None:
             name = args[0]
             counts[name] = counts.get(name, 0) + 1
@@ -190,9 +191,9 @@ class ClientConn:
                         conn.wq.append(request)
                         conn.waiters.append((pending, 0))
                         conn.requests += 1
-                        if (task := conn.writer_task) is not None:
-                            conn.writer_task = None
-                            trio.lowlevel.reschedule(task)
+                        if not conn.inline:  # sent at the end of the reactor's pass
+                            conn.inline = True
+                            unsent.append(conn)
                     else:
                         append(Pending.done(self, conn.refusal() or conn.down_error))
                         stats.refused += 1
@@ -389,6 +390,7 @@ class ClientReactor:
                 if clock() > turn_ends:
                     # A flood of pipelined requests must not hold the loop: the backend tasks
                     # (replies for every other client) get a turn (docs/faults.md, 12).
+                    self.proxy.send_unsent()
                     await trio.lowlevel.checkpoint()
                     turn_ends = clock() + TURN
                 client = clients.get(fd)
@@ -406,6 +408,7 @@ class ClientReactor:
                 except Exception as exc:  # a bug must cost one connection, never the proxy
                     log_event("client_failed", "error", client=client.session.id, error=repr(exc))
                     client.close()
+            self.proxy.send_unsent()  # every request of this pass, one send per backend
             if len(events) == MAX_EVENTS:
                 await trio.lowlevel.checkpoint()  # others get a turn under a flood
 

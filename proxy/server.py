@@ -84,6 +84,8 @@ class Proxy:
         self.next_client_id = 0
         self.reload_lock = trio.Lock()
         self._dirty: list[ClientConn] = []
+        # Backend connections the client reactor queued requests for in its current pass.
+        self.unsent: list[BackendConn] = []
         self.clients = ClientReactor(self)  # every client connection of this process
         self._flusher: trio.lowlevel.Task | None = None
         self.monitor = ReplicaMonitor(
@@ -352,6 +354,11 @@ class Proxy:
                 self._resubmit_retries()
 
     # -- writing replies ------------------------------------------------------------------------
+
+    def send_unsent(self) -> None:
+        unsent = self.unsent
+        while unsent:
+            unsent.pop().send_now()
 
     def _defer_flush(self, clients: list[ClientConn]) -> None:
         """Clients with new replies: flushed once by the flusher, in the next scheduler batch,
