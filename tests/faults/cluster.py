@@ -27,6 +27,10 @@ SLOTS = 16384
 SENTINEL_PORT = 26379  # Redis Sentinel's; used inside a namespace, which has its own ports
 
 
+# A semi-synchronous shard: a write is answered once a replica has it (docs/replication.md).
+SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
+
+
 @attrs.frozen(slots=True, kw_only=True)
 class ShardSpec:
     name: str
@@ -310,3 +314,20 @@ class Cluster:
             for r in shard.replicas
             if r.running
         )
+
+
+def semi_shard_under_sentinels(
+    services: Services, workdir: Path, *, proxies: int = 1, **options: int
+) -> Cluster:
+    """The cluster most sentinel scenarios start from, started: one semi-sync shard ``semi``
+    (primary + 2 replicas) watched by 3 sentinels, ``proxies`` proxies following them with a
+    1 s request timeout. ``options``: ``down_after_ms``, ``failover_timeout_ms``."""
+    return Cluster(
+        services,
+        [ShardSpec(name="semi", replicas=2, node_args=SEMI, durability="semi-sync")],
+        workdir=workdir,
+        proxies=proxies,
+        sentinels=3,
+        proxy_args=["--timeout-ms", "1000"],
+        **options,
+    ).start()

@@ -27,14 +27,18 @@ import pytest
 import trio
 
 from sentinel.messages import decode_topology
-from tests.faults.cluster import Cluster, ShardSpec, link_up, repl_info, wait_until
+from tests.faults.cluster import (
+    link_up,
+    repl_info,
+    semi_shard_under_sentinels,
+    wait_until,
+)
 from tests.faults.measure import key_in, percentile
 from tests.faults.processes import Service, Services, in_thread
 from tests.faults.workload import Workload, check, workload
 
 pytestmark = pytest.mark.faults
 
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 DOWN_AFTER_MS = 1000
 KILLS = 20
 
@@ -69,15 +73,9 @@ async def test_twenty_kills_give_twenty_failovers_without_semi_sync_loss(
 ) -> None:
     def body() -> None:
         began = time.monotonic()
-        cluster = Cluster(
-            procs,
-            [ShardSpec(name="semi", replicas=2, node_args=SEMI, durability="semi-sync")],
-            workdir=tmp_path,
-            proxies=2,
-            sentinels=3,
-            down_after_ms=DOWN_AFTER_MS,
-            proxy_args=["--timeout-ms", "1000"],
-        ).start()
+        cluster = semi_shard_under_sentinels(
+            procs, tmp_path, proxies=2, down_after_ms=DOWN_AFTER_MS
+        )
         shard = cluster.shards["semi"]
         tag = key_in((shard.slots.start, shard.slots.end), "tag")
         for i in range(2):

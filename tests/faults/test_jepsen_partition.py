@@ -29,7 +29,7 @@ import pytest
 import trio
 
 from tests.faults import netns
-from tests.faults.cluster import Cluster, ShardSpec, repl_info, wait_until
+from tests.faults.cluster import SEMI, Cluster, ShardSpec, repl_info, wait_until
 from tests.faults.measure import key_in
 from tests.faults.processes import Service, Services, in_thread
 from tests.faults.workload import Workload, check, workload
@@ -38,7 +38,6 @@ pytestmark = pytest.mark.faults
 
 MAX_LAG = 1
 MIN_REPLICAS = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", str(MAX_LAG))
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 CUT_S = 6.0
 
 

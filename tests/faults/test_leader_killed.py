@@ -35,13 +35,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.faults.cluster import Cluster, ShardSpec, repl_info, wait_until
+from tests.faults.cluster import (
+    repl_info,
+    semi_shard_under_sentinels,
+    wait_until,
+)
 from tests.faults.processes import ROOT, Service, Services, in_thread
 from tests.faults.workload import Workload, check, workload
 
 pytestmark = pytest.mark.faults
 
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 FAILOVER_TIMEOUT_MS = 5000  # the voters of a dead leader wait this long before a new election
 ROUNDS = 4
 
@@ -87,15 +90,9 @@ async def test_a_leader_killed_mid_failover_is_replaced_under_a_higher_epoch(
     procs: Services, tmp_path: Path
 ) -> None:
     def body() -> None:
-        cluster = Cluster(
-            procs,
-            [ShardSpec(name="semi", replicas=2, node_args=SEMI, durability="semi-sync")],
-            workdir=tmp_path,
-            proxies=2,
-            sentinels=3,
-            failover_timeout_ms=FAILOVER_TIMEOUT_MS,
-            proxy_args=["--timeout-ms", "1000"],
-        ).start()
+        cluster = semi_shard_under_sentinels(
+            procs, tmp_path, proxies=2, failover_timeout_ms=FAILOVER_TIMEOUT_MS
+        )
         for i in range(2):
             r = cluster.proxy_client(i)()
             wait_until(partial(r.set, "ready", 1), 15, "proxy ready")

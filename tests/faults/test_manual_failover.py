@@ -44,6 +44,7 @@ import redis
 import trio
 
 from tests.faults.cluster import (
+    SEMI,
     Cluster,
     ShardSpec,
     link_up,
@@ -54,7 +55,6 @@ from tests.faults.measure import key_in
 from tests.faults.processes import ROOT, Service, Services, in_thread
 from tests.faults.workload import Workload, check, workload
 
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 PAUSE_LIMIT_S = 1.0
 
 

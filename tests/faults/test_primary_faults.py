@@ -21,14 +21,13 @@ import pytest
 import trio
 
 from tests.faults import netns
-from tests.faults.cluster import Cluster, ShardSpec, wait_until
+from tests.faults.cluster import SEMI, Cluster, ShardSpec, wait_until
 from tests.faults.measure import key_in
 from tests.faults.processes import Services, in_thread
 from tests.faults.workload import Report, check, workload
 
 pytestmark = pytest.mark.faults
 
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 MAX_LAG = 1  # seconds: --min-replicas-max-lag
 LINK_BANDWIDTH = 50_000  # bytes/s per replication link in the "throttled" kill scenario
 

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.faults import netns
-from tests.faults.cluster import Cluster, ShardSpec, dump, repl_info, sync_stats, wait_until
+from tests.faults.cluster import SEMI, Cluster, ShardSpec, dump, repl_info, sync_stats, wait_until
 from tests.faults.processes import Services, in_thread
 from tests.faults.workload import check, workload
 
@@ -100,7 +100,6 @@ async def test_returning_replica_resyncs_and_converges(
             print(procs.check_survivors())  # every process the test did not end
 
 
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 DOWN_AFTER_MS = 1000
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.faults.cluster import Cluster, ShardSpec, repl_info, wait_until
+from tests.faults.cluster import SEMI, Cluster, ShardSpec, repl_info, wait_until
 from tests.faults.latency import between, latency_sampler
 from tests.faults.measure import key_in, percentile
 from tests.faults.processes import Services, in_thread
@@ -33,7 +33,6 @@ from tests.faults.workload import Workload, check, workload
 
 pytestmark = pytest.mark.faults
 
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 DOWN_AFTER_MS = 1000
 BEFORE_S = 1.5  # the healthy shard's baseline: the last 1.5 s before the fault
 DURING_S = 3.0  # from the fault: detection (1 s), failover, blackout, the proxies' switch

@@ -30,13 +30,16 @@ import redis
 import trio
 
 from sentinel.state_file import read_state_file
-from tests.faults.cluster import Cluster, ShardSpec, repl_info, wait_until
+from tests.faults.cluster import (
+    repl_info,
+    semi_shard_under_sentinels,
+    wait_until,
+)
 from tests.faults.processes import Service, Services, in_thread
 from tests.faults.workload import check, workload
 
 pytestmark = pytest.mark.faults
 
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 _EPOCH = re.compile(r"epoch=(\d+)")
 _UNREACHABLE = re.compile(r'error="(all attempts to connect|\[Errno|Connection)', re.IGNORECASE)
 
@@ -91,14 +94,7 @@ async def test_a_sentinel_restarted_with_a_stale_state_file_adopts_the_newest_ep
     procs: Services, tmp_path: Path
 ) -> None:
     def body() -> None:
-        cluster = Cluster(
-            procs,
-            [ShardSpec(name="semi", replicas=2, node_args=SEMI, durability="semi-sync")],
-            workdir=tmp_path,
-            proxies=1,
-            sentinels=3,
-            proxy_args=["--timeout-ms", "1000"],
-        ).start()
+        cluster = semi_shard_under_sentinels(procs, tmp_path)
         stale = cluster.sentinels[2]
         state = tmp_path / "sentinel2.state"
         r = cluster.proxy_client(0)()

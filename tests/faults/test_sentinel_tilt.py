@@ -28,13 +28,16 @@ import redis
 import trio
 
 from sentinel.tilt import TILT_PERIOD_MS, TILT_TRIGGER_MS
-from tests.faults.cluster import Cluster, ShardSpec, repl_info, wait_until
+from tests.faults.cluster import (
+    repl_info,
+    semi_shard_under_sentinels,
+    wait_until,
+)
 from tests.faults.processes import Service, Services, in_thread
 from tests.faults.workload import check, workload
 
 pytestmark = pytest.mark.faults
 
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 PAUSE_S = 3.5  # past TILT_TRIGGER_MS (2 s), with room for a slow tick before the SIGSTOP
 
 
@@ -76,14 +79,7 @@ async def test_a_sentinel_paused_into_tilt_neither_votes_nor_acts_while_the_othe
     procs: Services, tmp_path: Path
 ) -> None:
     def body() -> None:
-        cluster = Cluster(
-            procs,
-            [ShardSpec(name="semi", replicas=2, node_args=SEMI, durability="semi-sync")],
-            workdir=tmp_path,
-            proxies=1,
-            sentinels=3,
-            proxy_args=["--timeout-ms", "1000"],
-        ).start()
+        cluster = semi_shard_under_sentinels(procs, tmp_path)
         tilted = cluster.sentinels[2]
         r = cluster.proxy_client(0)()
         wait_until(partial(r.set, "ready", 1), 15, "proxy ready")

@@ -24,14 +24,16 @@ import pytest
 import redis
 import trio
 
-from tests.faults.cluster import Cluster, ShardSpec, repl_info, wait_until
+from tests.faults.cluster import (
+    repl_info,
+    semi_shard_under_sentinels,
+    wait_until,
+)
 from tests.faults.measure import key_in
 from tests.faults.processes import Service, Services, in_thread
 from tests.faults.workload import check, workload
 
 pytestmark = pytest.mark.faults
-
-SEMI = ("--sync-replicas", "1", "--sync-timeout-ms", "2000")
 
 
 def proxy_topology(proxy: Service) -> tuple[int, str]:
@@ -50,14 +52,7 @@ async def test_a_replayed_lower_epoch_topology_is_ignored_and_nodes_refuse_it(
     procs: Services, tmp_path: Path
 ) -> None:
     def body() -> None:
-        cluster = Cluster(
-            procs,
-            [ShardSpec(name="semi", replicas=2, node_args=SEMI, durability="semi-sync")],
-            workdir=tmp_path,
-            proxies=1,
-            sentinels=3,
-            proxy_args=["--timeout-ms", "1000"],
-        ).start()
+        cluster = semi_shard_under_sentinels(procs, tmp_path)
         shard = cluster.shards["semi"]
         stale_file = cluster.config.read_text()  # epoch 1: the old primary is the primary
         assert "epoch = 1" in stale_file
