@@ -213,6 +213,17 @@ class Cluster:
                     return f"{reply[0].decode()}:{int(reply[1])}"
         return None
 
+    def follows_sentinel_primary(self, node: Service, shard: str, *, link: bool = True) -> bool:
+        """``node`` replicates from the primary the sentinels name now (a later failover
+        counts); with ``link``, its replication link is up too."""
+        info = repl_info(node)
+        return (
+            info.get("role") == "slave"
+            and f"{info.get('master_host')}:{info.get('master_port')}"
+            == self.sentinel_primary(shard)
+            and (not link or info.get("master_link_status") == "up")
+        )
+
     def wait_failover(self, shard_name: str, timeout: float = 30.0) -> Service:
         """Wait until the sentinels name another primary; adopt it as the shard's primary."""
         shard = self.shards[shard_name]

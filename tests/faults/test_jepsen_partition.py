@@ -31,7 +31,7 @@ import trio
 from tests.faults import netns
 from tests.faults.cluster import SEMI, Cluster, ShardSpec, repl_info, wait_until
 from tests.faults.measure import key_in
-from tests.faults.processes import Service, Services, in_thread
+from tests.faults.processes import Services, in_thread
 from tests.faults.workload import Workload, check, workload
 
 pytestmark = pytest.mark.faults
@@ -39,16 +39,6 @@ pytestmark = pytest.mark.faults
 MAX_LAG = 1
 MIN_REPLICAS = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", str(MAX_LAG))
 CUT_S = 6.0
-
-
-def follows(node: Service, cluster: Cluster, shard: str) -> bool:
-    """``node`` replicates from the primary the sentinels name now (a later failover counts)."""
-    info = repl_info(node)
-    current = cluster.sentinel_primary(shard)
-    return (
-        info.get("role") == "slave"
-        and f"{info.get('master_host')}:{info.get('master_port')}" == current
-    )
 
 
 async def test_primaries_isolated_with_one_proxy_lose_only_the_bounded_window(
@@ -101,7 +91,11 @@ async def test_primaries_isolated_with_one_proxy_lose_only_the_bounded_window(
             time.sleep(2.0)
         for name, node in old.items():
             try:
-                wait_until(partial(follows, node, cluster, name), 30, f"old {name} primary rejoins")
+                wait_until(
+                    partial(cluster.follows_sentinel_primary, node, name, link=False),
+                    30,
+                    f"old {name} primary rejoins",
+                )
             except AssertionError as exc:
                 info = {k: v for k, v in repl_info(node).items() if "master" in k or "role" in k}
                 sentinels = []

@@ -45,17 +45,6 @@ MIN_REPLICAS = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", str(MA
 CUT_S = 6.0
 
 
-def follows(node: Service, cluster: Cluster, shard: str) -> bool:
-    """``node`` replicates from the primary the sentinels name now, with its link up."""
-    info = repl_info(node)
-    current = cluster.sentinel_primary(shard)
-    return (
-        info.get("role") == "slave"
-        and f"{info.get('master_host')}:{info.get('master_port')}" == current
-        and info.get("master_link_status") == "up"
-    )
-
-
 class SentinelWatch(threading.Thread):
     """The minority sentinel's topology and current epochs, polled every 50 ms."""
 
@@ -148,7 +137,11 @@ async def test_a_minority_sentinel_cut_off_with_the_primaries_cannot_fail_over(
             network.heal()
             healed = time.monotonic()
             for name, node in old.items():
-                wait_until(partial(follows, node, cluster, name), 30, f"old {name} primary rejoins")
+                wait_until(
+                    partial(cluster.follows_sentinel_primary, node, name),
+                    30,
+                    f"old {name} primary rejoins",
+                )
             rejoined = time.monotonic() - healed
             time.sleep(max(0.0, healed + 2.0 - time.monotonic()))
         newest = max(int(str(repl_info(n.primary)["shardgate_epoch"]))
