@@ -327,6 +327,15 @@ class Cluster:
         )
 
 
+def semi_and_async_shards(node_args: Sequence[str] = ()) -> list[ShardSpec]:
+    """The two shards the loss scenarios compare: ``semi`` (semi-sync) and ``async``, each a
+    primary + 2 replicas, both nodes started with ``node_args`` too."""
+    return [
+        ShardSpec(name="semi", replicas=2, node_args=(*node_args, *SEMI), durability="semi-sync"),
+        ShardSpec(name="async", replicas=2, node_args=tuple(node_args), durability="async"),
+    ]
+
+
 def semi_shard_under_sentinels(
     services: Services, workdir: Path, *, proxies: int = 1, **options: int
 ) -> Cluster:

@@ -29,7 +29,12 @@ import pytest
 import trio
 
 from tests.faults import netns
-from tests.faults.cluster import SEMI, Cluster, ShardSpec, repl_info, wait_until
+from tests.faults.cluster import (
+    Cluster,
+    repl_info,
+    semi_and_async_shards,
+    wait_until,
+)
 from tests.faults.measure import key_in
 from tests.faults.processes import Services, in_thread
 from tests.faults.workload import Workload, check, workload
@@ -48,11 +53,7 @@ async def test_primaries_isolated_with_one_proxy_lose_only_the_bounded_window(
         proxy_hosts = [network.add_host("proxy0"), network.add_host("proxy1")]
         cluster = Cluster(
             procs,
-            [
-                ShardSpec(name="semi", replicas=2, node_args=(*MIN_REPLICAS, *SEMI),
-                          durability="semi-sync"),
-                ShardSpec(name="async", replicas=2, node_args=MIN_REPLICAS, durability="async"),
-            ],
+            semi_and_async_shards(MIN_REPLICAS),
             workdir=tmp_path,
             network=network,
             proxies=2,

@@ -49,6 +49,7 @@ from tests.faults.cluster import (
     ShardSpec,
     link_up,
     repl_info,
+    semi_and_async_shards,
     wait_until,
 )
 from tests.faults.measure import key_in
@@ -99,10 +100,7 @@ async def test_manual_failover_under_load_loses_nothing_and_pauses_writes_briefl
     def body() -> None:
         cluster = Cluster(
             procs,
-            [
-                ShardSpec(name="semi", replicas=2, node_args=SEMI, durability="semi-sync"),
-                ShardSpec(name="async", replicas=2, durability="async"),
-            ],
+            semi_and_async_shards(),
             workdir=tmp_path,
             proxies=2,
             sentinels=3,

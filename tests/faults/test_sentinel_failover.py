@@ -25,7 +25,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.faults.cluster import SEMI, Cluster, ShardSpec, repl_info, wait_until
+from tests.faults.cluster import (
+    Cluster,
+    repl_info,
+    semi_and_async_shards,
+    wait_until,
+)
 from tests.faults.latency import between, latency_sampler
 from tests.faults.measure import key_in, percentile
 from tests.faults.processes import Services, in_thread
@@ -52,10 +57,7 @@ async def test_sentinels_fail_a_lost_primary_over_without_loss(
     def body() -> None:
         cluster = Cluster(
             procs,
-            [
-                ShardSpec(name="semi", replicas=2, node_args=SEMI, durability="semi-sync"),
-                ShardSpec(name="async", replicas=2, durability="async"),
-            ],
+            semi_and_async_shards(),
             workdir=tmp_path,
             proxies=2,
             sentinels=3,

@@ -33,7 +33,12 @@ import redis
 import trio
 
 from tests.faults import netns
-from tests.faults.cluster import SEMI, Cluster, ShardSpec, repl_info, wait_until
+from tests.faults.cluster import (
+    Cluster,
+    repl_info,
+    semi_and_async_shards,
+    wait_until,
+)
 from tests.faults.measure import key_in
 from tests.faults.processes import Service, Services, in_thread
 from tests.faults.workload import Workload, check, workload
@@ -71,11 +76,7 @@ async def test_a_minority_sentinel_cut_off_with_the_primaries_cannot_fail_over(
     def body() -> None:
         cluster = Cluster(
             procs,
-            [
-                ShardSpec(name="semi", replicas=2, node_args=(*MIN_REPLICAS, *SEMI),
-                          durability="semi-sync"),
-                ShardSpec(name="async", replicas=2, node_args=MIN_REPLICAS, durability="async"),
-            ],
+            semi_and_async_shards(MIN_REPLICAS),
             workdir=tmp_path,
             network=network,
             proxies=2,
