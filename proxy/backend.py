@@ -267,7 +267,7 @@ class BackendConn:
         failed = 0
         lost = self.on_lost
         while self.waiters:
-            pending, _ = self.waiters.popleft()
+            pending, part = self.waiters.popleft()
             if (
                 lost is not None
                 and pending.reply is None
@@ -275,7 +275,7 @@ class BackendConn:
                 and lost(self, pending, err)
             ):
                 continue
-            if pending.fail(err):
+            if pending.fail_part(part, err):
                 failed += 1
                 owner: Any = pending.owner
                 if not owner.touched:
@@ -412,6 +412,9 @@ class BackendConn:
             pos = 0
             touched = []
             now = trio.current_time()
+            last_started = -1.0
+            took = 0.0
+            bucket = 0
             while pos < n:
                 # The common replies inline (status, error, integer, bulk); reply_end for the rest.
                 kind = buf[pos]
@@ -450,18 +453,34 @@ class BackendConn:
                 ):
                     pass  # the proxy retries it once a newer topology routes it elsewhere
                 else:
-                    data = buf[pos:end] if (pos or end != n) else buf
-                    if pending.parts is None:  # Pending.complete of a single reply, inlined
-                        if pending.reply is not None:
-                            pos = end  # already failed (timeout, retry): drop the late reply
-                            continue
-                        pending.reply = data
-                    elif not pending.complete(part, data):
-                        pos = end
+                    # Pending.complete inlined: a single reply, or one part of a run or split.
+                    if pending.reply is not None:
+                        pos = end  # already failed (timeout, retry): drop the late reply
                         continue
-                    took = now - pending.started
-                    lat_counts[bisect_left(lat_bounds, took)] += 1
+                    data = buf[pos:end] if (pos or end != n) else buf
+                    parts = pending.parts
+                    if parts is not None:
+                        if parts[part] is not None:
+                            pos = end
+                            continue
+                        parts[part] = data
+                    started = pending.started
+                    if started != last_started:  # a run's replies share one bucket: look once
+                        last_started = started
+                        took = now - started
+                        bucket = bisect_left(lat_bounds, took)
+                    lat_counts[bucket] += 1
                     lat_sum += took
+                    if parts is None:
+                        pending.reply = data
+                    else:
+                        pending.remaining -= 1
+                        if pending.remaining:
+                            pos = end
+                            continue
+                        # every part is filled: merge sees bytes only
+                        pending.reply = pending.merge(parts)  # type: ignore[arg-type,misc]
+                        pending.parts = None
                     owner: Any = pending.owner
                     if not owner.touched:
                         owner.touched = True
@@ -494,11 +513,11 @@ class BackendConn:
             touched = []
             count = 0
             while self._expired < len(waiters):
-                pending, _ = waiters[self._expired]
+                pending, part = waiters[self._expired]
                 if pending.deadline > now:
                     break
                 self._expired += 1
-                if pending.fail(error):
+                if pending.fail_part(part, error):
                     count += 1
                     owner: Any = pending.owner
                     if not owner.touched:

@@ -23,10 +23,10 @@ import hiredis
 import trio
 
 from proxy.local import NOAUTH, Action, LocalContext, Session, execute
-from proxy.ordering import Pending, ReplyQueue
+from proxy.ordering import Pending, ReplyQueue, RunPending
 from proxy.router import SINGLE_KEY, Local, Reject, Router, Split, is_readonly, xxh3
 from shardgate.logs import log_event
-from shardgate.resp import ProtocolError, RequestParser
+from shardgate.resp import ProtocolError, RequestParser, Run
 from shardgate.slots import SLOTS, hash_tag
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class ClientConn:
         self.sock = sock
         authed = proxy.config.requirepass is None
         self.session = Session(client_id, authenticated=authed)
-        self.parser = RequestParser(proxy.config.limits, authenticated=authed)
+        self.parser = RequestParser(proxy.config.limits, authenticated=authed, runs=True)
         self.queue = ReplyQueue()
         self.outbuf: list[bytes] = []
         self.outlen = 0
@@ -163,7 +163,7 @@ class ClientConn:
         pack = hiredis.pack_command
         reads = proxy.reads
         retry = proxy.follower is not None
-        next_command = parser.next_command
+        next_item = parser.next_item
         # The hot path, inlined (measured: a route() and a submit() call per request were a
         # tenth of the proxy's CPU at -P 16): a single-key command from an authenticated
         # client, forwarded to its shard's primary. Anything else takes the general path.
@@ -171,7 +171,20 @@ class ClientConn:
         single = SINGLE_KEY if fast else {}
         slot_owner = router.slot_owner if type(router) is Router else ()
         unsent = proxy.unsent
-        while (args := next_command()) is not None:
+        # Runs of same-shaped commands go whole (one RunPending) unless a request may need
+        # its own retry (following sentinels: a -READONLY write is sent once more alone).
+        runs = fast and not retry
+        while (args := next_item()) is not None:
+            if isinstance(args, Run):
+                name = args.toks[2]
+                arity = single.get(name) if runs else None
+                argc = args.stride >> 1
+                if arity is not None and (argc == arity or (arity < 0 and argc >= -arity)):
+                    counts[name] = counts.get(name, 0) + args.count
+                    self._forward_run(args, now, deadline)
+                else:
+                    parser.give_back(args)
+                continue
             name = args[0]
             counts[name] = counts.get(name, 0) + 1
             arity = single.get(name)
@@ -237,10 +250,42 @@ class ClientConn:
                     return
                 if type(router) is Router and session.authenticated and reads is None:
                     single = SINGLE_KEY  # AUTH in the middle of a pipeline
+                    runs = not retry
             else:
                 assert isinstance(decision, Reject)
                 stats.rejected += 1
                 append(Pending.done(self, decision.reply))
+
+    def _forward_run(self, run: Run, now: float, deadline: float) -> None:
+        """A run of one single-key command (a pipeline of GETs, of SETs …): each request goes
+        to its key's shard exactly as the client sent it, and one RunPending collects the
+        replies in order. Per request, only a hash, a slice and two appends."""
+        proxy = self.proxy
+        conns = proxy.shard_conns
+        slot_owner = proxy.router.slot_owner  # type: ignore[union-attr]
+        unsent = proxy.unsent
+        buf = run.buf
+        offsets = run.offsets
+        count = run.count
+        pending = RunPending(self, now, deadline, count)
+        self.queue.append_run(pending)
+        start = offsets[0]
+        for index, key in enumerate(run.toks[4 : count * run.stride : run.stride]):
+            if b"{" in key:
+                key = hash_tag(key)
+            conn = conns[slot_owner[xxh3(key) % SLOTS]]
+            stop = offsets[index + 1]
+            if conn.up and len(conn.waiters) < conn.max_queue:
+                conn.wq.append(buf[start:stop])
+                conn.waiters.append((pending, index))
+                conn.requests += 1
+                if not conn.inline:  # sent at the end of the reactor's pass
+                    conn.inline = True
+                    unsent.append(conn)
+            else:
+                pending.fail_part(index, conn.refusal() or conn.down_error)
+                proxy.stats.refused += 1
+            start = stop
 
     def _split(self, decision: Split, now: float, deadline: float, name: bytes) -> None:
         conns = self.proxy.shard_conns

@@ -38,7 +38,8 @@ class Pending:
         self.reply: bytes | None = None
         self.remaining = nparts
         self.merge = merge
-        self.parts: list[bytes] | None = [b""] * nparts if merge is not None else None
+        # One slot per part, None until the part has its outcome (a reply or an error).
+        self.parts: list[bytes | None] | None = [None] * nparts if merge is not None else None
         # The encoded request while it may still be retried once (a write refused with
         # -READONLY by a superseded primary was not applied); None otherwise.
         self.retry: bytes | None = None
@@ -58,13 +59,30 @@ class Pending:
         if parts is None:
             self.reply = data
             return True
+        if parts[index] is not None:
+            return False  # this part already has its outcome
         parts[index] = data
         self.remaining -= 1
         if self.remaining:
             return False
         assert self.merge is not None
-        self.reply = self.merge(parts)
+        self.reply = self.merge(parts)  # type: ignore[arg-type]  # every part is filled
         self.parts = None
+        return True
+
+    def fail_part(self, index: int, error: bytes) -> bool:
+        """Give part ``index`` an error unless it has its outcome; True when it did. A request
+        of one part fails whole; a split request's merge turns an error part into an error
+        reply, and a run's parts are the client's separate requests, each failing alone."""
+        if self.reply is not None:
+            return False
+        parts = self.parts
+        if parts is None:
+            self.reply = error
+            return True
+        if parts[index] is not None:
+            return False
+        self.complete(index, error)
         return True
 
     def fail(self, error: bytes) -> bool:
@@ -76,29 +94,51 @@ class Pending:
         return True
 
 
-class ReplyQueue:
-    """A client's requests in arrival order."""
+class RunPending(Pending):
+    """A run of ``size`` pipelined requests read together (the proxy's run lane): one part per
+    request, each answered (or failed) on its own, released together in order."""
 
-    __slots__ = ("_queue", "append")
+    __slots__ = ("size",)
+
+    def __init__(self, owner: object, started: float, deadline: float, size: int) -> None:
+        super().__init__(owner, started, deadline, size, _JOIN)
+        self.size = size
+
+
+_JOIN = b"".join  # a run's replies are its requests' replies, one after another
+
+
+class ReplyQueue:
+    """A client's requests in arrival order; its length counts each request of a run."""
+
+    __slots__ = ("_queue", "append", "extra")
 
     def __init__(self) -> None:
         self._queue: deque[Pending] = deque()
         # The deque's own append: one C call per request instead of a Python method.
         self.append: Callable[[Pending], None] = self._queue.append
+        self.extra = 0  # requests beyond one per entry: the runs' (size - 1)s
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + self.extra
+
+    def append_run(self, pending: RunPending) -> None:
+        self._queue.append(pending)
+        self.extra += pending.size - 1
 
     def take_ready(self) -> list[bytes]:
         """Replies of the finished prefix, in order, removed from the queue."""
         q = self._queue
         out: list[bytes] = []
         while q:
-            reply = q[0].reply
+            head = q[0]
+            reply = head.reply
             if reply is None:
                 break
             out.append(reply)
             q.popleft()
+            if type(head) is RunPending:
+                self.extra -= head.size - 1
         return out
 
     def fail_all(self, error: bytes) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import re
+from itertools import accumulate
+from operator import add
 
 import attrs
 
@@ -111,6 +113,32 @@ def _string2ll(text: bytes) -> int | None:
     return None
 
 
+class Run:
+    """Commands of one shape parsed ahead at once: the proxy's fast lane (``next_item``).
+
+    ``count`` commands, each ``stride`` tokens of ``toks`` (``*N``, then ``$len`` and value in
+    turn), all with the same name; command i's exact bytes are
+    ``buf[offsets[i]:offsets[i + 1]]`` (canonical RESP, forwarded as they came). A plain slotted
+    class, not attrs: one is made per client read on the hot path.
+    """
+
+    __slots__ = ("buf", "count", "offsets", "stride", "toks")
+
+    def __init__(
+        self, buf: bytes, toks: list[bytes], stride: int, count: int, offsets: range | list[int]
+    ) -> None:
+        self.buf = buf
+        self.toks = toks
+        self.stride = stride
+        self.count = count
+        self.offsets = offsets
+
+    def args(self, index: int) -> list[bytes]:
+        """Command ``index`` as a list of arguments."""
+        start = index * self.stride
+        return self.toks[start + 2 : start + self.stride : 2]
+
+
 class RequestParser:
     """Incremental parser for client requests (multibulk or inline).
 
@@ -124,7 +152,8 @@ class RequestParser:
     costs linear time, not a copy and a rescan per byte.
 
     Two paths: ``_split_batch`` takes runs of plain pipelined commands (small multibulks) a
-    window at a time and queues them in ``_batch``; everything else, and the first command it
+    window at a time and queues them in ``_batch`` (or, for a parser made with ``runs=True``,
+    hands a window of same-shaped commands over whole as a ``Run``); everything else, and the first command it
     does not take, goes through the careful loop in ``next_command``, which checks what Redis
     checks in Redis's order. Both give the same commands and errors for any input and chunking.
     """
@@ -145,13 +174,23 @@ class RequestParser:
         "_pending_cost",
         "_pos",
         "_remaining",
+        "_run",
+        "_runs",
         "_skip",
         "_want",
         "_window",
     )
 
-    def __init__(self, limits: RequestLimits | None = None, *, authenticated: bool = True) -> None:
+    def __init__(
+        self,
+        limits: RequestLimits | None = None,
+        *,
+        authenticated: bool = True,
+        runs: bool = False,
+    ) -> None:
         self._limits = limits or RequestLimits()
+        self._runs = runs  # the caller takes same-shaped commands as a Run (next_item)
+        self._run: Run | None = None
         self._authenticated = authenticated
         self._set_fast_limits()
         self._buf = b""
@@ -191,7 +230,7 @@ class RequestParser:
     def _set_fast_limits(self) -> None:
         # The fast path takes what no limit can refuse; anything bigger goes the careful way.
         # Commands parsed ahead under the old limits are parsed again under the new ones.
-        if getattr(self, "_batch", None):
+        if getattr(self, "_batch", None) or getattr(self, "_run", None):
             self._unparse_batch()
         limits = self._limits
         count = limits.max_multibulk
@@ -212,6 +251,7 @@ class RequestParser:
         return (
             self._pos >= len(self._buf)
             and not self._batch
+            and self._run is None
             and not self._chunks
             and not self._remaining
         )
@@ -281,15 +321,49 @@ class RequestParser:
             raise ProtocolError("too big mbulk count string")
         raise ProtocolError("too big inline request")
 
+    def next_item(self) -> list[bytes] | Run | None:
+        """``next_command`` for a parser made with ``runs=True``: the next commands as one
+        ``Run`` when they are all of one shape, else the next command, else None. A run the
+        caller does not take whole goes back with ``give_back``."""
+        batch = self._batch
+        if batch:
+            return batch.pop()
+        run = self._run
+        if run is not None:
+            self._run = None
+            return run
+        if self._fresh and not self._remaining and not self._chunks:
+            self._fresh = False
+            if self._split_batch():
+                run = self._run
+                if run is not None:
+                    self._run = None
+                    return run
+                return self._batch.pop()
+        return self._careful()
+
+    def give_back(self, run: Run) -> None:
+        """A run the caller will not take whole: its commands come out one by one."""
+        self._run = run
+        self._unrun()
+
     def next_command(self) -> list[bytes] | None:
         """Return the next complete command, or None when more data is needed."""
         batch = self._batch
         if batch:
             return batch.pop()
+        if self._run is not None:
+            self._unrun()
+            return self._batch.pop()
         if self._fresh and not self._remaining and not self._chunks:
             self._fresh = False
             if self._split_batch():
+                if self._run is not None:
+                    self._unrun()
                 return self._batch.pop()
+        return self._careful()
+
+    def _careful(self) -> list[bytes] | None:
         # The careful parser. The order of checks follows Redis's processMultibulkBuffer, so
         # every malformed input gets Redis's error text.
         while True:
@@ -406,6 +480,15 @@ class RequestParser:
         window = min(len(buf), pos + self._window)
         toks = (buf if pos == 0 and window == len(buf) else buf[pos:window]).split(CRLF)
         last = len(toks) - 1  # the bytes after the last CRLF: never a complete token
+        if self._runs and (run := self._take_run(buf, pos, toks, last)) is not None:
+            self._run = run
+            self._pos = run.offsets[run.count]
+            self._first = False
+            self._backoff = 0
+            if window < len(buf):  # more of the same may follow: a bigger window next time
+                self._fresh = True
+                self._window = min(self._window * 2, _WINDOW_MAX)
+            return True
         counts = self._fast_counts.get
         sizes = self._fast_sizes.get
         commands: list[list[bytes]] = []
@@ -455,8 +538,73 @@ class RequestParser:
         self._first = False
         return True
 
+    def _take_run(self, buf: bytes, pos: int, toks: list[bytes], last: int) -> Run | None:
+        """Every whole command in the window, as one Run when they all have one shape: the
+        same argument count and name, and every value exactly as long as its header says.
+
+        The checks are a few C-level passes over strided slices of the tokens (``count``,
+        ``map(len, …)``) instead of a Python loop per command; any mismatch leaves the window
+        to the per-command fast path. A value holding a CRLF splits into two tokens and never
+        lines up, so nothing taken here can be misread.
+        """
+        head = toks[0]
+        argc = self._fast_counts.get(head)
+        if argc is None or argc < 2:
+            return None
+        stride = 2 * argc + 1
+        count = last // stride
+        if count < 2:
+            return None
+        end = count * stride
+        sizes = self._fast_sizes.get
+        if (
+            sizes(toks[1]) != len(toks[2])
+            or toks[0:end:stride].count(head) != count
+            or toks[1:end:stride].count(toks[1]) != count
+            or toks[2:end:stride].count(toks[2]) != count
+        ):
+            return None
+        # Command i's length: a part every command shares, plus its own header and value
+        # lengths where those differ from command to command.
+        fixed = len(head) + len(toks[1]) + len(toks[2]) + 2 * stride
+        varying: list[list[int]] = []
+        for j in range(3, stride, 2):
+            headers = toks[j:end:stride]
+            lengths = list(map(len, toks[j + 1 : end : stride]))
+            if headers.count(headers[0]) == count:
+                size = sizes(headers[0])
+                if size is None or lengths.count(size) != count:
+                    return None
+                fixed += len(headers[0]) + size
+            else:
+                if lengths != list(map(sizes, headers)):
+                    return None
+                varying.append(lengths)
+                varying.append(list(map(len, headers)))
+        if not varying:
+            offsets: range | list[int] = range(pos, pos + (count + 1) * fixed, fixed)
+        else:
+            frame = map(add, varying[0], varying[1])
+            for more in varying[2:]:
+                frame = map(add, frame, more)
+            offsets = list(accumulate(map(add, frame, [fixed] * count), initial=pos))
+        return Run(buf, toks, stride, count, offsets)
+
+    def _unrun(self) -> None:
+        """Hand a run over as single commands (a caller that takes commands one by one)."""
+        run = self._run
+        assert run is not None
+        self._run = None
+        toks = run.toks
+        stride = run.stride
+        self._batch = [
+            toks[i + 2 : i + stride : 2] for i in range((run.count - 1) * stride, -1, -stride)
+        ]
+
     def _unparse_batch(self) -> None:
         """Put commands parsed ahead back into the buffer, to be parsed under new limits."""
+        if self._run is not None:
+            self._unrun()
         batch = self._batch
         if batch:
             self._buf = (

@@ -27,6 +27,7 @@ from shardgate.request_parser import (
     ProtocolError,
     RequestLimits,
     RequestParser,
+    Run,
     encode_command,
     split_inline,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "RequestLimits",
     "RequestParser",
     "RespSet",
+    "Run",
     "SimpleString",
     "Verbatim",
     "encode_bulk",

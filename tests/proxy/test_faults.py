@@ -85,12 +85,17 @@ async def test_killed_backend_fails_fast_and_recovers() -> None:
 
 
 async def _flood(port: int, key: str, count: int) -> list[object]:
+    return await _pipeline(port, [key] * count)
+
+
+async def _pipeline(port: int, keys: list[str]) -> list[object]:
+    """GET every key in one write (the proxy takes it as one run) and read every reply."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     reader = hiredis.Reader()
     got: list[object] = []
     async with stream:
-        await stream.send_all(hiredis.pack_command((b"GET", key.encode())) * count)
-        while len(got) < count:
+        await stream.send_all(b"".join(hiredis.pack_command((b"GET", k.encode())) for k in keys))
+        while len(got) < len(keys):
             data = await stream.receive_some(65536)
             assert data
             reader.feed(data)
@@ -153,6 +158,46 @@ async def test_stopped_backend_times_out_while_others_keep_serving() -> None:
 
             with trio.fail_after(10):
                 await blocking(recovers)
+        finally:
+            proxy.stop()
+
+
+@pytest.mark.slow
+async def test_a_pipelined_run_fails_only_the_requests_of_the_lost_shard() -> None:
+    # One write of GETs across both shards is forwarded as one run; when one shard stalls or
+    # dies, each of its requests gets its own error in its own place and the others their
+    # values, never a shifted or merged reply.
+    with backends("redis", 2) as bs:
+        proxy, router = setup(bs)
+        try:
+            keys = [f"run{i}" for i in range(200)]
+            on_one = [router.shard_for_key(k.encode()) == 1 for k in keys]
+            assert 20 < sum(on_one) < 180
+            await blocking(lambda: proxy.client().mset({k: k for k in keys}))
+            assert await _pipeline(proxy.port, keys) == [k.encode() for k in keys]
+
+            def check(got: list[object], error: str) -> None:
+                assert len(got) == len(keys)
+                for key, lost, reply in zip(keys, on_one, got, strict=True):
+                    if lost:
+                        assert isinstance(reply, hiredis.ReplyError), (key, reply)
+                        assert error in str(reply), reply
+                    else:
+                        assert reply == key.encode()
+
+            bs[1].signal(signal.SIGSTOP)
+            try:
+                with trio.fail_after(10):
+                    start = time.monotonic()
+                    check(await _pipeline(proxy.port, keys), "timeout")
+                    assert time.monotonic() - start < TIMEOUT_MS / 1000 + 0.3
+            finally:
+                bs[1].signal(signal.SIGCONT)
+            await trio.sleep(0.3)  # the proxy reconnects after the timeouts dropped the link
+            bs[1].stop()
+            await trio.sleep(0.2)  # the proxy sees the connection close
+            with trio.fail_after(10):
+                check(await _pipeline(proxy.port, keys), "down")
         finally:
             proxy.stop()
 

@@ -6,7 +6,7 @@ import pytest
 
 from proxy import merge
 from proxy.health import TRANSITIONS, Health, IllegalTransition, State
-from proxy.ordering import Pending, ReplyQueue
+from proxy.ordering import Pending, ReplyQueue, RunPending
 
 
 def test_replies_are_released_strictly_in_order() -> None:
@@ -66,6 +66,36 @@ def test_random_completion_order_keeps_request_order() -> None:
         out.extend(q.take_ready())
     out.extend(q.take_ready())
     assert out == [b":%d\r\n" % i for i in range(500)]
+
+
+def test_a_run_answers_each_request_alone_and_releases_them_in_order() -> None:
+    q = ReplyQueue()
+    before = Pending(None, 0.0, 1.0)
+    run = RunPending(None, 0.0, 1.0, 4)
+    q.append(before)
+    q.append_run(run)
+    assert len(q) == 5  # backpressure counts every request of a run
+    assert not run.complete(3, b"$1\r\nd\r\n")
+    assert run.fail_part(1, b"-ERR backend b timeout\r\n")  # one request fails, alone
+    assert not run.fail_part(1, b"-ERR again\r\n")  # its first outcome stands
+    assert not run.complete(1, b"$4\r\nlate\r\n")  # a late reply is dropped
+    assert not run.complete(0, b"$1\r\na\r\n")
+    assert q.take_ready() == []
+    assert run.complete(2, b"$-1\r\n")
+    assert q.take_ready() == []  # the request before the run is not answered yet
+    assert before.complete(0, b"+OK\r\n")
+    assert q.take_ready() == [
+        b"+OK\r\n",
+        b"$1\r\na\r\n-ERR backend b timeout\r\n$-1\r\n$1\r\nd\r\n",
+    ]
+    assert len(q) == 0
+
+
+def test_failing_a_part_of_a_split_fails_the_whole_reply() -> None:
+    p = Pending(None, 0.0, 1.0, 2, merge.all_ok)
+    assert p.complete(0, b"+OK\r\n") is False
+    assert p.fail_part(1, b"-ERR backend y timeout\r\n")
+    assert p.reply == b"-ERR backend y timeout\r\n"
 
 
 def test_fail_all() -> None:

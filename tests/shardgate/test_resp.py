@@ -33,6 +33,7 @@ from shardgate.resp import (
     RequestLimits,
     RequestParser,
     RespSet,
+    Run,
     SimpleString,
     Verbatim,
     encode_command,
@@ -55,15 +56,35 @@ def run_parser(
     *,
     limits: RequestLimits | None = None,
     authenticated: bool = True,
+    runs: bool = False,
 ) -> Outcome:
-    """Feed pieces, draining commands after each; return (commands, error message, silent)."""
-    parser = RequestParser(limits, authenticated=authenticated)
+    """Feed pieces, draining commands after each; return (commands, error message, silent).
+
+    With ``runs``, the parser hands same-shaped commands over as runs, as the proxy takes them:
+    every other run is taken whole (each command's bytes checked against its canonical
+    encoding) and the others given back to come out one by one."""
+    parser = RequestParser(limits, authenticated=authenticated, runs=runs)
     commands: list[list[bytes]] = []
+    runs_seen = 0
     try:
         for piece in pieces:
             parser.feed(piece)
-            while (cmd := parser.next_command()) is not None:
-                commands.append(cmd)
+            while True:
+                item = parser.next_item() if runs else parser.next_command()
+                if item is None:
+                    break
+                if isinstance(item, Run):
+                    runs_seen += 1
+                    if runs_seen % 2:
+                        for i in range(item.count):
+                            args = item.args(i)
+                            frame = item.buf[item.offsets[i] : item.offsets[i + 1]]
+                            assert frame == encode_command(args)
+                            commands.append(args)
+                    else:
+                        parser.give_back(item)
+                    continue
+                commands.append(item)
     except ProtocolError as exc:
         return commands, exc.message, exc.silent
     return commands, None, False
@@ -123,6 +144,66 @@ def test_commands_round_trip_in_any_chunking(
     stream = b"".join(encode_command(args) for args in commands)
     for pieces in [*chunkings(stream), data.draw(chunked(stream))]:
         assert run_parser(pieces) == (commands, None, False)
+
+
+same_shape_commands = st.tuples(
+    st.sampled_from([b"GET", b"SET", b"get", b"HSET"]),
+    st.integers(min_value=1, max_value=4),
+    st.integers(min_value=1, max_value=40),
+).flatmap(
+    lambda shape: st.lists(
+        st.lists(arg_bytes, min_size=shape[1], max_size=shape[1]).map(
+            lambda rest, name=shape[0]: [name, *rest]
+        ),
+        min_size=shape[2],
+        max_size=shape[2],
+    )
+)
+
+
+@SETTINGS
+@given(
+    st.lists(command_args, max_size=2),
+    same_shape_commands,
+    st.lists(command_args, max_size=2),
+    st.data(),
+)
+def test_runs_give_the_same_commands_in_any_chunking(
+    before: list[list[bytes]],
+    same: list[list[bytes]],
+    after: list[list[bytes]],
+    data: st.DataObject,
+) -> None:
+    # The proxy's run lane: same-shaped commands (values of any length, CRLFs inside values)
+    # between others; whatever it takes as runs, the commands and their order are the same.
+    commands = [*before, *same, *after]
+    stream = b"".join(encode_command(args) for args in commands)
+    for pieces in [*chunkings(stream), data.draw(chunked(stream))]:
+        assert run_parser(pieces, runs=True) == (commands, None, False)
+
+
+def test_a_uniform_pipeline_is_taken_as_one_run() -> None:
+    # The lane must not be dead code: sixteen SETs of varying key length come out as one run.
+    commands = [[b"SET", b"key:%d" % (i * 37), b"v" * (i % 3)] for i in range(16)]
+    parser = RequestParser(runs=True)
+    parser.feed(b"".join(encode_command(args) for args in commands))
+    run = parser.next_item()
+    assert isinstance(run, Run)
+    assert run.count == 16
+    assert [run.args(i) for i in range(16)] == commands
+    assert parser.next_item() is None
+    assert parser.idle
+
+
+def test_a_run_parsed_ahead_is_parsed_again_under_new_limits() -> None:
+    parser = RequestParser(runs=True)
+    parser.feed(encode_command([b"GET", b"a"]) * 3 + encode_command([b"GET", b"b"]) * 3)
+    run = parser.next_item()
+    assert isinstance(run, Run)
+    parser.give_back(run)
+    parser.limits = RequestLimits(max_bulk=0)
+    with pytest.raises(ProtocolError, match="invalid bulk length"):
+        parser.next_command()
 
 
 @SETTINGS
@@ -522,6 +603,8 @@ def test_random_streams_parse_the_same_in_any_chunking(
     assert whole[0][: len(commands)] == commands
     assert run_parser(data.draw(chunked(stream))) == whole
     assert run_parser(bytewise(stream)) == whole
+    assert run_parser([stream], runs=True) == whole
+    assert run_parser(data.draw(chunked(stream)), runs=True) == whole
 
 
 # --- replies ---------------------------------------------------------------------------------
