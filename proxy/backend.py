@@ -4,7 +4,7 @@ How it works (twemproxy's model, measured fastest in performance-notes.md)
 - Client tasks call ``submit``: the encoded request goes on ``wq`` and ``(pending, part)`` on
   ``waiters``, in the same order. Nothing awaits; the writer task is woken if it sleeps.
 - The writer task runs once per scheduler batch and sends everything queued in one ``send``.
-- The reader task splits replies with ``reply_end`` and pops ``waiters`` in order; each reply
+- The reader task cuts replies with ``reply_ends`` and pops ``waiters`` in order; each reply
   completes its client's request, and every client touched by one read is flushed once.
 - The timer task fails requests whose deadline passed (they stay in ``waiters`` as placeholders,
   so a late reply is matched to its own request and dropped). ``fail_after`` consecutive
@@ -25,6 +25,7 @@ import trio
 
 from proxy.health import Health, State
 from proxy.ordering import Pending
+from proxy.replies import reply_ends
 from shardgate.logs import log_event
 from shardgate.metrics import FastHistogram
 from shardgate.resp import ReplyError, encode_command, reply_end
@@ -408,36 +409,18 @@ class BackendConn:
             n = len(buf)
             if n < need:
                 continue
-            need = 0
-            pos = 0
+            ends, need = reply_ends(buf)
+            if not ends:
+                continue
+            if len(ends) > len(waiters):
+                raise BackendLost("reply with no request waiting")
             touched = []
             now = trio.current_time()
             last_started = -1.0
             took = 0.0
             bucket = 0
-            while pos < n:
-                # The common replies inline (status, error, integer, bulk); reply_end for the rest.
-                kind = buf[pos]
-                if kind == 43 or kind == 58 or kind == 45:  # '+' ':' '-'
-                    end = buf.find(b"\r\n", pos)
-                    if end < 0:
-                        break
-                    end += 2
-                elif kind == 36:  # '$'
-                    nl = buf.find(b"\r\n", pos)
-                    if nl < 0:
-                        break
-                    size = int(buf[pos + 1 : nl])
-                    end = nl + 2 if size < 0 else nl + size + 4
-                    if end > n:
-                        need = end - pos  # wait for the whole bulk before scanning again
-                        break
-                else:
-                    end = reply_end(buf, pos)
-                    if end < 0:
-                        break
-                if not waiters:
-                    raise BackendLost("reply with no request waiting")
+            pos = 0
+            for end in ends:
                 pending, part = waiters.popleft()
                 if self._expired:
                     self._expired -= 1  # a late reply: it proves nothing about the timeouts
@@ -445,47 +428,45 @@ class BackendConn:
                     continue
                 answered = True
                 if (
-                    kind == 45
+                    buf[pos] == 45  # '-'
                     and pending.retry is not None
                     and buf.startswith(b"-READONLY", pos)
                     and self.on_readonly is not None
                     and self.on_readonly(self, pending, buf[pos:end])
                 ):
-                    pass  # the proxy retries it once a newer topology routes it elsewhere
-                else:
-                    # Pending.complete inlined: a single reply, or one part of a run or split.
-                    if pending.reply is not None:
-                        pos = end  # already failed (timeout, retry): drop the late reply
-                        continue
-                    data = buf[pos:end] if (pos or end != n) else buf
-                    parts = pending.parts
-                    if parts is not None:
-                        if parts[part] is not None:
-                            pos = end
-                            continue
-                        parts[part] = data
-                    started = pending.started
-                    if started != last_started:  # a run's replies share one bucket: look once
-                        last_started = started
-                        took = now - started
-                        bucket = bisect_left(lat_bounds, took)
-                    lat_counts[bucket] += 1
-                    lat_sum += took
-                    if parts is None:
-                        pending.reply = data
-                    else:
-                        pending.remaining -= 1
-                        if pending.remaining:
-                            pos = end
-                            continue
-                        # every part is filled: merge sees bytes only
-                        pending.reply = pending.merge(parts)  # type: ignore[arg-type,misc]
-                        pending.parts = None
-                    owner: Any = pending.owner
-                    if not owner.touched:
-                        owner.touched = True
-                        touched.append(owner)
+                    pos = end  # the proxy retries it once a newer topology routes it elsewhere
+                    continue
+                # Pending.complete inlined: a single reply, or one part of a run or split.
+                if pending.reply is not None:
+                    pos = end  # already failed (timeout, retry): drop the late reply
+                    continue
+                data = buf[pos:end] if (pos or end != n) else buf
                 pos = end
+                parts = pending.parts
+                if parts is not None:
+                    if parts[part] is not None:
+                        continue
+                    parts[part] = data
+                started = pending.started
+                if started != last_started:  # a run's replies share one bucket: look once
+                    last_started = started
+                    took = now - started
+                    bucket = bisect_left(lat_bounds, took)
+                lat_counts[bucket] += 1
+                lat_sum += took
+                if parts is None:
+                    pending.reply = data
+                else:
+                    pending.remaining -= 1
+                    if pending.remaining:
+                        continue
+                    # every part is filled: merge sees bytes only
+                    pending.reply = pending.merge(parts)  # type: ignore[arg-type,misc]
+                    pending.parts = None
+                owner: Any = pending.owner
+                if not owner.touched:
+                    owner.touched = True
+                    touched.append(owner)
             if answered:
                 # Only a reply to a request still waiting ends a timeout streak: late replies
                 # to expired requests keep coming from a slow backend (docs/faults.md, 11).

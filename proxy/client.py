@@ -36,6 +36,9 @@ RECV_SIZE = 64 * 1024
 MAX_EVENTS = 256  # clients served per wakeup before other trio tasks get a turn
 TURN = 0.002  # seconds of client work before other trio tasks get a turn
 CLOSE_CHECK = 0.25  # seconds between checks for closing clients past their deadline
+# ord("{"): ``BRACE in key`` is a memchr; ``b"{" in key`` exports a buffer first (8x slower,
+# measured 18 vs 143 ns), which was a quarter of the run lane's time per request.
+BRACE = 123
 
 
 class ClientConn:
@@ -192,7 +195,7 @@ class ClientConn:
                 argc = len(args)
                 if argc == arity or (arity < 0 and argc >= -arity):
                     key = args[1]
-                    if b"{" in key:
+                    if BRACE in key:
                         key = hash_tag(key)
                     conn = conns[slot_owner[xxh3(key) % SLOTS]]
                     if conn.up and len(conn.waiters) < conn.max_queue:
@@ -271,7 +274,7 @@ class ClientConn:
         self.queue.append_run(pending)
         start = offsets[0]
         for index, key in enumerate(run.toks[4 : count * run.stride : run.stride]):
-            if b"{" in key:
+            if BRACE in key:
                 key = hash_tag(key)
             conn = conns[slot_owner[xxh3(key) % SLOTS]]
             stop = offsets[index + 1]

@@ -340,6 +340,8 @@ class RequestParser:
                     self._run = None
                     return run
                 return self._batch.pop()
+        if self._pos >= len(self._buf) and not self._chunks:
+            return None  # all taken: the common end of a read, without the careful loop's call
         return self._careful()
 
     def give_back(self, run: Run) -> None:
