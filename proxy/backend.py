@@ -93,8 +93,8 @@ class BackendConn:
         on_flush: Callable[[list[Any]], None],
         role: bytes = b"primary",
         on_stale: Callable[[str], None] | None = None,
-        on_readonly: Callable[[Any, Pending, bytes], bool] | None = None,
-        on_lost: Callable[[Any, Pending, bytes], bool] | None = None,
+        on_readonly: Callable[[Any, Pending, int, bytes], bool] | None = None,
+        on_lost: Callable[[Any, Pending, int, bytes], bool] | None = None,
     ) -> None:
         self.address = address
         self.label = label
@@ -269,12 +269,7 @@ class BackendConn:
         lost = self.on_lost
         while self.waiters:
             pending, part = self.waiters.popleft()
-            if (
-                lost is not None
-                and pending.reply is None
-                and pending.retry is not None
-                and lost(self, pending, err)
-            ):
+            if lost is not None and pending.reply is None and lost(self, pending, part, err):
                 continue
             if pending.fail_part(part, err):
                 failed += 1
@@ -429,10 +424,9 @@ class BackendConn:
                 answered = True
                 if (
                     buf[pos] == 45  # '-'
-                    and pending.retry is not None
-                    and buf.startswith(b"-READONLY", pos)
                     and self.on_readonly is not None
-                    and self.on_readonly(self, pending, buf[pos:end])
+                    and buf.startswith(b"-READONLY", pos)
+                    and self.on_readonly(self, pending, part, buf[pos:end])
                 ):
                     pos = end  # the proxy retries it once a newer topology routes it elsewhere
                     continue

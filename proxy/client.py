@@ -174,9 +174,7 @@ class ClientConn:
         single = SINGLE_KEY if fast else {}
         slot_owner = router.slot_owner if type(router) is Router else ()
         unsent = proxy.unsent
-        # Runs of same-shaped commands go whole (one RunPending) unless a request may need
-        # its own retry (following sentinels: a -READONLY write is sent once more alone).
-        runs = fast and not retry
+        runs = fast  # runs of same-shaped commands go whole, as one RunPending
         while (args := next_item()) is not None:
             if isinstance(args, Run):
                 name = args.toks[2]
@@ -184,7 +182,7 @@ class ClientConn:
                 argc = args.stride >> 1
                 if arity is not None and (argc == arity or (arity < 0 and argc >= -arity)):
                     counts[name] = counts.get(name, 0) + args.count
-                    self._forward_run(args, now, deadline)
+                    self._forward_run(args, now, deadline, retry)
                 else:
                     parser.give_back(args)
                 continue
@@ -253,13 +251,13 @@ class ClientConn:
                     return
                 if type(router) is Router and session.authenticated and reads is None:
                     single = SINGLE_KEY  # AUTH in the middle of a pipeline
-                    runs = not retry
+                    runs = True
             else:
                 assert isinstance(decision, Reject)
                 stats.rejected += 1
                 append(Pending.done(self, decision.reply))
 
-    def _forward_run(self, run: Run, now: float, deadline: float) -> None:
+    def _forward_run(self, run: Run, now: float, deadline: float, retry: bool) -> None:
         """A run of one single-key command (a pipeline of GETs, of SETs …): each request goes
         to its key's shard exactly as the client sent it, and one RunPending collects the
         replies in order. Per request, only a hash, a slice and two appends."""
@@ -270,7 +268,9 @@ class ClientConn:
         buf = run.buf
         offsets = run.offsets
         count = run.count
-        pending = RunPending(self, now, deadline, count)
+        # Following sentinels, each request may be retried once on its own (a -READONLY
+        # write, a read lost with its connection): the run keeps its bytes for that.
+        pending = RunPending(self, now, deadline, count, run.frame if retry else None)
         self.queue.append_run(pending)
         start = offsets[0]
         for index, key in enumerate(run.toks[4 : count * run.stride : run.stride]):

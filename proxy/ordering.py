@@ -85,6 +85,14 @@ class Pending:
         self.complete(index, error)
         return True
 
+    def retry_request(self, part: int) -> bytes | None:
+        """The request's bytes while it may still be retried once, else None."""
+        return self.retry
+
+    def take_retry(self, part: int) -> None:
+        """The one retry is used."""
+        self.retry = None
+
     def fail(self, error: bytes) -> bool:
         """Give the request an error reply unless it already has a reply."""
         if self.reply is not None:
@@ -96,13 +104,33 @@ class Pending:
 
 class RunPending(Pending):
     """A run of ``size`` pipelined requests read together (the proxy's run lane): one part per
-    request, each answered (or failed) on its own, released together in order."""
+    request, each answered (or failed) on its own, released together in order.
 
-    __slots__ = ("size",)
+    ``frames`` (kept only where requests may be retried) gives part i's request bytes; each
+    part may be retried once, like a single request."""
 
-    def __init__(self, owner: object, started: float, deadline: float, size: int) -> None:
+    __slots__ = ("frames", "retried", "size")
+
+    def __init__(
+        self,
+        owner: object,
+        started: float,
+        deadline: float,
+        size: int,
+        frames: Callable[[int], bytes] | None = None,
+    ) -> None:
         super().__init__(owner, started, deadline, size, _JOIN)
         self.size = size
+        self.frames = frames
+        self.retried: set[int] = set()
+
+    def retry_request(self, part: int) -> bytes | None:
+        if self.frames is None or part in self.retried:
+            return None
+        return self.frames(part)
+
+    def take_retry(self, part: int) -> None:
+        self.retried.add(part)
 
 
 _JOIN = b"".join  # a run's replies are its requests' replies, one after another

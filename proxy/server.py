@@ -60,6 +60,7 @@ class _Retry:
     the failed node."""
 
     pending: Pending
+    part: int
     request: bytes
     refused_by: BackendConn
     reply: bytes
@@ -267,22 +268,22 @@ class Proxy:
         if self.follower is not None:
             self.follower.refresh(f"stale: {reason}")
 
-    def _on_readonly(self, conn: BackendConn, pending: Pending, reply: bytes) -> bool:
+    def _on_readonly(self, conn: BackendConn, pending: Pending, part: int, reply: bytes) -> bool:
         """A -READONLY answer to a retryable request: True when we keep it for one retry."""
-        request = pending.retry
+        request = pending.retry_request(part)
         if request is None or self.follower is None:
             return False
-        pending.retry = None  # once
+        pending.take_retry(part)  # once
         now = trio.current_time()
-        self._retries.append(_Retry(pending, request, conn, reply, now + self.config.timeout))
+        self._retries.append(_Retry(pending, part, request, conn, reply, now + self.config.timeout))
         self.follower.refresh("readonly")
         self._resubmit_retries()
         return True
 
-    def _on_lost(self, conn: BackendConn, pending: Pending, error: bytes) -> bool:
+    def _on_lost(self, conn: BackendConn, pending: Pending, part: int, error: bytes) -> bool:
         """A request lost with a failed connection: True when it is an idempotent read we keep
         for one retry on the node a newer topology names (issue 5); writes get the error."""
-        request = pending.retry
+        request = pending.retry_request(part)
         if request is None or self.follower is None:
             return False
         reader = hiredis.Reader()
@@ -290,10 +291,10 @@ class Proxy:
         args = reader.gets()
         if not isinstance(args, list) or not args or not is_readonly(args[0]):
             return False
-        pending.retry = None  # once
+        pending.take_retry(part)  # once
         now = trio.current_time()
         self._retries.append(
-            _Retry(pending, request, conn, error, now + self.config.timeout, write=False)
+            _Retry(pending, part, request, conn, error, now + self.config.timeout, write=False)
         )
         self.follower.refresh("lost")
         self._resubmit_retries()
@@ -326,9 +327,12 @@ class Proxy:
                     self.stats.write_retries += 1
                 else:
                     self.stats.read_retries += 1
-                r.pending.started = now
-                r.pending.deadline = now + self.config.timeout
-                target.submit(r.pending, 0, r.request)
+                if type(r.pending) is Pending:
+                    # A fresh timeout for the retry. A run's parts share one deadline, which
+                    # stays: its other requests keep their own bound.
+                    r.pending.started = now
+                    r.pending.deadline = now + self.config.timeout
+                target.submit(r.pending, r.part, r.request)
         self._retries = keep
         if keep:
             self._retry_wake.set()
@@ -338,7 +342,7 @@ class Proxy:
             self.stats.write_retries_failed += 1
         else:
             self.stats.read_retries_failed += 1
-        if r.pending.fail(reply):
+        if r.pending.fail_part(r.part, reply):
             owner: Any = r.pending.owner
             if not owner.touched:
                 owner.touched = True

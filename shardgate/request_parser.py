@@ -133,6 +133,10 @@ class Run:
         self.count = count
         self.offsets = offsets
 
+    def frame(self, index: int) -> bytes:
+        """Command ``index``'s exact bytes."""
+        return self.buf[self.offsets[index] : self.offsets[index + 1]]
+
     def args(self, index: int) -> list[bytes]:
         """Command ``index`` as a list of arguments."""
         start = index * self.stride

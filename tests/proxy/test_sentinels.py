@@ -274,3 +274,58 @@ async def test_read_lost_with_a_dead_primary_is_retried_once_on_the_new_one() ->
                 assert got == [b"new"]  # retried once on the new primary
                 i = await info(r)
                 assert i["read_retries"] == 1 and i["epoch"] == 2
+
+
+def pipelined(client: redis.Redis, *commands: tuple[str, ...]) -> list[object]:
+    """Send the commands in one write (the proxy takes same-shaped ones as a run)."""
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return pipe.execute(raise_on_error=False)
+
+
+async def test_a_pipelined_run_of_refused_writes_is_retried_request_by_request() -> None:
+    # Following sentinels, runs keep each request's bytes: every write of a run that the
+    # superseded primary refused is sent once more, alone, to the new one.
+    keys = [f"k{i}" for i in range(10)]
+    with backends("node", 2) as (a, b):
+        s = FakeSentinel(one_shard(1, a))
+        with trio.fail_after(30):
+            async with following(s) as r:
+                assert await blocking(r.set, "k0", "1")
+                await blocking(a.client().execute_command, "SG.FENCE", 2, "replica")
+                s.topology = one_shard(2, b)
+                got = await blocking(pipelined, r, *[("SET", k, "2") for k in keys])
+                assert got == [True] * len(keys)
+                assert await blocking(b.client().mget, keys) == [b"2"] * len(keys)
+                assert await blocking(a.client().get, "k0") == b"1"
+                i = await info(r)
+                assert i["epoch"] == 2 and i["write_retries"] == len(keys)
+
+
+async def test_a_pipelined_run_of_reads_lost_with_a_dead_primary_is_retried() -> None:
+    keys = [f"k{i}" for i in range(10)]
+    with backends("node", 2) as (a, b):
+        s = FakeSentinel(one_shard(1, a))
+        with trio.fail_after(30):
+            async with following(s, timeout=3.0) as r:
+                await blocking(b.client().mset, {k: "new" for k in keys})
+                assert await blocking(r.set, "k0", "old")
+                assert a.proc is not None
+                a.signal(signal.SIGSTOP)  # the GETs below are in flight when the node dies
+                async with trio.open_nursery() as nursery:
+                    got: list[object] = []
+
+                    async def read() -> None:
+                        got.extend(await blocking(pipelined, r, *[("GET", k) for k in keys]))
+
+                    nursery.start_soon(read)
+                    await trio.sleep(0.3)
+                    a.proc.kill()
+                    a.proc.wait(5)
+                    await trio.sleep(0.3)
+                    assert got == []  # kept, not failed: waiting for the new topology
+                    await s.publish(one_shard(2, b))
+                assert got == [b"new"] * len(keys)
+                i = await info(r)
+                assert i["read_retries"] == len(keys) and i["epoch"] == 2
