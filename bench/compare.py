@@ -231,11 +231,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=idle_clients.IDLE_CLIENTS,
         help="idle connections for the RSS part (default 1000; 0 skips it)",
     )
+    parser.add_argument(
+        "--base-tree",
+        metavar="DIR",
+        help="also run (c0): the proxy from another checkout's source in DIR, for an A/B",
+    )
     parser.add_argument("--write", metavar="FILE", help="replace the compare section of FILE")
     parser.add_argument("--dir", default=None, help="directory for logs (default: a temp dir)")
     args = parser.parse_args(argv)
     known = [key for key, _, _ in ENDPOINTS] + [fulllab.KEY]
-    wanted = set(args.only.split(",")) if args.only else set(known)
+    wanted = set(args.only.split(",")) if args.only else set(known) - {"c0"}
+    if args.base_tree is not None:
+        if not (Path(args.base_tree) / "proxy" / "server.py").is_file():
+            parser.error(f"--base-tree: {args.base_tree} holds no proxy source (proxy/server.py)")
+        args.base_tree = str(Path(args.base_tree).resolve())
+        if not args.only:
+            wanted.add("c0")
     if wanted - set(known):
         parser.error(
             f"--only: unknown endpoint(s) {','.join(sorted(wanted - set(known)))}; known: {','.join(known)}"
@@ -267,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     idle_unavailable: dict[str, str] = {}
     # Both stop every process they started on the way out, whatever happens.
     with Lab(directory) as lab, contextlib.ExitStack() as full:
-        endpoints = list(start_all(lab, echo=echo).values())
+        endpoints = list(start_all(lab, echo=echo, base_tree=args.base_tree).values())
         if fulllab.KEY in wanted:
             endpoints.append(
                 full.enter_context(fulllab.full_lab(Path(directory) / "full-lab", echo=echo))

@@ -10,6 +10,8 @@ state; idle processes cost nothing measurable. Each endpoint names the process w
     d  shardgate proxy → 2 shardgate nodes
     e  shardgate proxy --workers 2 → the same 2 redis-servers as (b) and (c)
     n  a shardgate node alone (compare with a)
+    c0 with ``--base-tree DIR`` only: (c) run from another checkout's source (an A/B of two
+       commits: ``git archive REV | tar -x -C DIR``), on the same 2 redis-servers
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ ENDPOINTS = (
     ("d", "shardgate proxy → 2 shardgate nodes", "proxy-nodes"),
     ("e", "shardgate proxy --workers 2 → 2 redis-server", "proxy-workers"),
     ("n", "shardgate node", "n0"),
+    ("c0", "shardgate proxy from --base-tree → 2 redis-server", "proxy-base"),
 )
 
 
@@ -88,7 +91,9 @@ def missing_pieces() -> dict[str, str]:
     return why
 
 
-def _specs(directory: str, ports: list[int]) -> list[tuple[ProcessSpec, tuple[str, ...]]]:
+def _specs(
+    directory: str, ports: list[int], base_tree: str | None
+) -> list[tuple[ProcessSpec, tuple[str, ...]]]:
     """(spec, names it depends on) for every process, in start order."""
     it = iter(ports)
     specs: list[tuple[ProcessSpec, tuple[str, ...]]] = []
@@ -164,16 +169,30 @@ def _specs(directory: str, ports: list[int]) -> list[tuple[ProcessSpec, tuple[st
         ),
         ("r1", "r2"),
     )
+    if base_tree is not None:
+        # The other checkout's modules come first on the path: its proxy, our interpreter.
+        add(
+            "proxy-base",
+            "proxy",
+            lambda port, m: (
+                "env",
+                f"PYTHONPATH={base_tree}",
+                *proxy_argv(host=HOST, port=port, metrics_port=m, backends=redis_pair),
+            ),
+            ("r1", "r2"),
+        )
     return specs
 
 
-def start_all(lab: Lab, *, echo: Callable[[str], None] = print) -> dict[str, Endpoint]:
+def start_all(
+    lab: Lab, *, echo: Callable[[str], None] = print, base_tree: str | None = None
+) -> dict[str, Endpoint]:
     """Start every process that can run here; return the endpoints, unavailable ones marked."""
     directory = str(lab.directory)
     lab.directory.mkdir(parents=True, exist_ok=True)
     # Ports from the OS, each well below 64535 so port+1000 (metrics) is valid too.
-    ports = [p for p in free_ports(40, HOST) if p + METRICS_PORT_OFFSET < 65535][:10]
-    specs = _specs(directory, ports)
+    ports = [p for p in free_ports(40, HOST) if p + METRICS_PORT_OFFSET < 65535][:11]
+    specs = _specs(directory, ports, base_tree)
     by_name = {spec.name: spec for spec, _ in specs}
     (lab.directory / "nutcracker.yml").write_text(
         nutcracker_yaml(
@@ -182,6 +201,8 @@ def start_all(lab: Lab, *, echo: Callable[[str], None] = print) -> dict[str, End
         )
     )
     why = missing_pieces()
+    if base_tree is None:
+        why["proxy-base"] = "no --base-tree given"
     for spec, deps in specs:
         blocked = next((why[d] for d in deps if d in why), None)
         if spec.name in why or blocked:

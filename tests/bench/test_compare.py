@@ -7,6 +7,7 @@ import argparse
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +88,16 @@ def test_options_reach_bench_compare() -> None:
 def test_compare_rejects_a_negative_idle_client_count() -> None:
     with pytest.raises(SystemExit):
         compare.main(["--idle-clients", "-1"])
+
+
+def test_compare_rejects_a_base_tree_without_proxy_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing starts: an A/B against a directory that is not a checkout is refused up front.
+    with pytest.raises(SystemExit) as info:
+        compare.main(["--base-tree", str(tmp_path), "--only", "c,c0"])
+    assert info.value.code == 2
+    assert "holds no proxy source" in capsys.readouterr().err
 
 
 def test_modes_cover_the_issue() -> None:
