@@ -8,7 +8,7 @@ How it works
   GETs, integers for INCRs. Those are cut with one ``split`` on CRLF and a few C-level checks
   over the tokens, as the request parser does with requests (``Run``), instead of a header
   parsed in Python per reply. Anything else (arrays, errors, nulls, a value holding a CRLF, a
-  mix of kinds, big values) goes through ``_scan``, which reads one header per reply.
+  mix of kinds, big values) goes through the scanner, which reads one header per reply.
 
 Sans-I/O: bytes in, offsets out. Malformed input raises ``ValueError`` (a bad length), which
 the backend connection treats as a broken stream.
@@ -24,22 +24,46 @@ from shardgate.resp import CRLF, reply_end
 # "$0" … "$4095": the bulk headers the alike path takes; bigger values are scanned by length.
 _BULK_SIZES = {b"$%d" % i: i for i in range(4096)}
 _WINDOW = 64 * 1024  # bytes one split may cover: a big buffer is cut a window at a time
-_ALIKE_MIN = 64  # below this (one or two small replies) the scanner is as quick
+_ALIKE_MIN = 256  # below this (a reply or two, as at one request per round trip) scan
 _PLUS, _COLON, _DOLLAR, _MINUS = 43, 58, 36, 45
 _ALIKE_KINDS = (_DOLLAR, _PLUS, _COLON)
 _LINE_KINDS = (_PLUS, _COLON, _MINUS)
 
 
 def reply_ends(buf: bytes) -> tuple[list[int], int]:
-    """The end offsets of the complete replies at the head of ``buf``, and ``need``."""
+    """The end offsets of the complete replies at the head of ``buf``, and ``need``.
+
+    One function, the scanner inlined: at one request per round trip this runs once per reply.
+    """
     ends: list[int] = []
     pos = 0
-    if len(buf) >= _ALIKE_MIN and buf[0] in _ALIKE_KINDS:
-        kind = buf[0]
-        ends = _alike(buf, kind)
+    n = len(buf)
+    if n >= _ALIKE_MIN and buf[0] in _ALIKE_KINDS:
+        ends = _alike(buf, buf[0])
         if ends:
             pos = ends[-1]
-    return ends, _scan(buf, pos, ends)
+    while pos < n:  # the scanner: one header per reply
+        kind = buf[pos]
+        if kind in _LINE_KINDS:
+            end = buf.find(CRLF, pos)
+            if end < 0:
+                return ends, 0
+            end += 2
+        elif kind == _DOLLAR:
+            nl = buf.find(CRLF, pos)
+            if nl < 0:
+                return ends, 0
+            size = int(buf[pos + 1 : nl])
+            end = nl + 2 if size < 0 else nl + size + 4
+            if end > n:
+                return ends, end - pos  # wait for the whole bulk before scanning again
+        else:
+            end = reply_end(buf, pos)
+            if end < 0:
+                return ends, 0
+        ends.append(end)
+        pos = end
+    return ends, 0
 
 
 def _alike(buf: bytes, kind: int) -> list[int]:
@@ -72,30 +96,3 @@ def _alike(buf: bytes, kind: int) -> list[int]:
             return []
         return ends
     return list(accumulate(sizes))
-
-
-def _scan(buf: bytes, pos: int, ends: list[int]) -> int:
-    """Append the ends of the replies from ``pos`` on, one header at a time; return ``need``."""
-    n = len(buf)
-    while pos < n:
-        kind = buf[pos]
-        if kind in _LINE_KINDS:
-            end = buf.find(CRLF, pos)
-            if end < 0:
-                return 0
-            end += 2
-        elif kind == _DOLLAR:
-            nl = buf.find(CRLF, pos)
-            if nl < 0:
-                return 0
-            size = int(buf[pos + 1 : nl])
-            end = nl + 2 if size < 0 else nl + size + 4
-            if end > n:
-                return end - pos  # wait for the whole bulk before scanning again
-        else:
-            end = reply_end(buf, pos)
-            if end < 0:
-                return 0
-        ends.append(end)
-        pos = end
-    return 0

@@ -486,7 +486,8 @@ class RequestParser:
         window = min(len(buf), pos + self._window)
         toks = (buf if pos == 0 and window == len(buf) else buf[pos:window]).split(CRLF)
         last = len(toks) - 1  # the bytes after the last CRLF: never a complete token
-        if self._runs and (run := self._take_run(buf, pos, toks, last)) is not None:
+        # A run needs two commands of at least two arguments: ten tokens.
+        if self._runs and last >= 10 and (run := self._take_run(buf, pos, toks, last)) is not None:
             self._run = run
             self._pos = run.offsets[run.count]
             self._first = False
