@@ -37,9 +37,9 @@ LATE_S = 0.1  # the brief's bound: errors within timeout + 100 ms
             2000,
             marks=pytest.mark.xfail(
                 strict=False,
-                reason="proxy: reading 100k pipelined requests takes the proxy ~0.2-0.3 s of "
-                "CPU on this machine, so the last ones time out ~0.2 s past timeout + 100 ms "
-                "after they were written (docs/faults.md, scenario 12)",
+                reason="timing at the edge: the proxy takes 50-110 ms to read 100k pipelined "
+                "requests here, so the last errors come 565-611 ms after the write against a "
+                "600 ms bound (6 of 7 runs inside; docs/faults.md, scenario 12)",
             ),
         ),
     ],
