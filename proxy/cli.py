@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -79,6 +80,7 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         connections_per_backend=args.backend_connections,
         max_clients=args.maxclients,
         reuse_port=args.reuse_port or args.workers > 1,
+        worker=args.worker,
         sentinels=sentinels,
         sentinel_password=args.sentinel_password,
         name=args.name,
@@ -138,7 +140,7 @@ def _worker_argv(args: argparse.Namespace, index: int) -> list[str]:
         argv += ["--metrics-port", str(args.metrics_port + index)]  # one port per worker
     # Each worker reports to the sentinels under its own name: they route independently.
     argv += ["--name", f"{args.name or f'{args.host}:{args.port}'}#{index}"]
-    return [*argv, "--workers", "1", "--reuse-port"]
+    return [*argv, "--workers", "1", "--reuse-port", "--worker"]
 
 
 def _die_with_parent() -> None:

@@ -107,6 +107,7 @@ class ProxyConfig:
     fail_after: int = DEFAULT_FAIL_AFTER
     reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL
     reuse_port: bool = False
+    worker: bool = False  # one of --workers N processes: CONFIG RELOAD reaches its siblings too
     limits: RequestLimits = attrs.field(factory=RequestLimits)
     # Following sentinels and replica reads; None means "as the cluster file says".
     sentinels: tuple[NodeAddress, ...] = ()

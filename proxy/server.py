@@ -427,7 +427,13 @@ class Proxy:
                 return False, str(exc)
             if current is None:
                 current = topology
-            if topology == current:
+            # Same shards at no higher an epoch: unchanged. A file edited without bumping its
+            # epoch was bumped once already (below); a second SIGHUP (every worker gets one
+            # after a CONFIG RELOAD) must not bump it again and split the workers' epochs.
+            if (
+                attrs.evolve(topology, epoch=current.epoch) == current
+                and topology.epoch <= current.epoch
+            ):
                 self.stats.reloads_ok += 1
                 log_event("reload_unchanged", epoch=current.epoch)
                 return True, "unchanged"
@@ -445,6 +451,10 @@ class Proxy:
 
         async def run() -> None:
             ok, why = await self.reload()
+            if ok and self.config.worker:
+                # One of --workers N: the parent forwards SIGHUP to every worker, so they all
+                # reload the file, not only the one this client happened to reach.
+                os.kill(os.getppid(), signal.SIGHUP)
             reply = OK_BYTES if ok else encode_error(f"ERR reload failed, old config kept: {why}")
             pending.reply = reply
             owner: Any = pending.owner

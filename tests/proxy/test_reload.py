@@ -109,3 +109,47 @@ def _slot(key: bytes) -> int:
     from shardgate.slots import slot_for_key
 
     return slot_for_key(key)
+
+
+async def test_config_reload_through_one_worker_reloads_every_worker(tmp_path: Path) -> None:
+    # --workers 2: a client reaches one worker; the reload must not leave the other on the old
+    # topology (the parent forwards a SIGHUP to all), and no worker's epoch runs ahead.
+    path = tmp_path / "cluster.toml"
+    with backends("redis", 2) as (a, b):
+        path.write_text(topology(1, [(a, 0, 16383)]).to_toml())
+        proxy = Proxy("--config", str(path), "--workers", "2").start()
+        try:
+
+            def epochs_by_worker() -> dict[int, int]:
+                seen: dict[int, int] = {}
+                for _ in range(60):  # SO_REUSEPORT spreads new connections over the workers
+                    r = proxy.client()
+                    info = r.info("all")
+                    seen[int(info["process_id"])] = int(info["epoch"])
+                    r.close()
+                return seen
+
+            with trio.fail_after(40):
+                before = await blocking(epochs_by_worker)
+                assert len(before) == 2 and set(before.values()) == {1}
+                # the same file, edited without bumping its epoch: b now owns half the slots
+                path.write_text(topology(1, [(a, 0, 8191), (b, 8192, 16383)]).to_toml())
+                r = proxy.client()
+                assert await blocking(r.execute_command, "CONFIG", "RELOAD") in (b"OK", "OK")
+                await trio.sleep(0.5)  # the other worker reloads on its SIGHUP
+                after = await blocking(epochs_by_worker)
+                assert len(after) == 2 and set(after.values()) == {2}, after
+                router = Router(topology(2, [(a, 0, 8191), (b, 8192, 16383)]))
+
+                def every_worker_routes_by_the_new_file() -> None:
+                    for i in range(40):
+                        key = b"w:%d" % i
+                        client = proxy.client()
+                        assert client.set(key, b"1")
+                        client.close()
+                        owner = router.topology.shard_for_slot(_slot(key)).primary.port
+                        assert (a if owner == a.port else b).client().get(key) == b"1"
+
+                await blocking(every_worker_routes_by_the_new_file)
+        finally:
+            proxy.stop()
