@@ -15,9 +15,9 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
+from shardgate.lab_procs import free_ports
 from tests.procs import (
     Proc,
-    free_port,
     running,
     wait_until,
 )
@@ -82,8 +82,9 @@ def cluster(
     node_args: tuple[str, ...] = (),
 ) -> Iterator[Cluster]:
     with contextlib.ExitStack() as stack:
-        node_ports = [free_port() for _ in range(1 + replicas)]
-        sentinel_ports = [free_port() for _ in range(sentinels)]
+        # All at once, so distinct: one at a time, the OS may hand the same port out twice.
+        ports = free_ports(1 + replicas + sentinels)
+        node_ports, sentinel_ports = ports[: 1 + replicas], ports[1 + replicas :]
         c = Cluster(tmp_path, stack, node_ports, sentinel_ports, node_args)
         for port in node_ports:
             c.start_node(port)
