@@ -26,7 +26,7 @@ from proxy.local import NOAUTH, Action, LocalContext, Session, execute
 from proxy.ordering import Pending, ReplyQueue, RunPending
 from proxy.router import SINGLE_KEY, Local, Reject, Router, Split, is_readonly, xxh3
 from shardgate.logs import log_event
-from shardgate.resp import ProtocolError, RequestParser, Run
+from shardgate.resp import Batch, ProtocolError, RequestParser, Run
 from shardgate.slots import SLOTS, hash_tag
 
 if TYPE_CHECKING:
@@ -176,13 +176,9 @@ class ClientConn:
         unsent = proxy.unsent
         runs = fast  # runs of same-shaped commands go whole, as one RunPending
         while (args := next_item()) is not None:
-            if isinstance(args, Run):
-                name = args.toks[2]
-                arity = single.get(name) if runs else None
-                argc = args.stride >> 1
-                if arity is not None and (argc == arity or (arity < 0 and argc >= -arity)):
-                    counts[name] = counts.get(name, 0) + args.count
-                    self._forward_run(args, now, deadline, retry)
+            if not isinstance(args, list):  # a Run or a Batch: several commands at once
+                if runs and self._forward_many(args, single, counts):
+                    self._forward(args, now, deadline, retry)
                 else:
                     parser.give_back(args)
                 continue
@@ -257,23 +253,51 @@ class ClientConn:
                 stats.rejected += 1
                 append(Pending.done(self, decision.reply))
 
-    def _forward_run(self, run: Run, now: float, deadline: float, retry: bool) -> None:
-        """A run of one single-key command (a pipeline of GETs, of SETs …): each request goes
-        to its key's shard exactly as the client sent it, and one RunPending collects the
-        replies in order. Per request, only a hash, a slice and two appends."""
+    @staticmethod
+    def _forward_many(
+        item: Run | Batch, single: dict[bytes, int], counts: dict[bytes, int]
+    ) -> bool:
+        """Whether every command of a run or batch is a single-key command with a valid
+        argument count (then they are counted and go by ``_forward``); if not, the caller
+        gives them back to come out one by one."""
+        if isinstance(item, Run):
+            name = item.toks[2]
+            arity = single.get(name)
+            argc = item.stride >> 1
+            if arity is None or not (argc == arity or (arity < 0 and argc >= -arity)):
+                return False
+            counts[name] = counts.get(name, 0) + item.count
+            return True
+        for args in item.commands:
+            arity = single.get(args[0])
+            argc = len(args)
+            if arity is None or not (argc == arity or (arity < 0 and argc >= -arity)):
+                return False
+        for args in item.commands:
+            counts[args[0]] = counts.get(args[0], 0) + 1
+        return True
+
+    def _forward(self, item: Run | Batch, now: float, deadline: float, retry: bool) -> None:
+        """Single-key commands read together (a pipeline of GETs, of SETs, or of both): each
+        request goes to its key's shard exactly as the client sent it, and one RunPending
+        collects the replies in order. Per request, only a hash, a slice and two appends."""
         proxy = self.proxy
         conns = proxy.shard_conns
         slot_owner = proxy.router.slot_owner  # type: ignore[union-attr]
         unsent = proxy.unsent
-        buf = run.buf
-        offsets = run.offsets
-        count = run.count
+        buf = item.buf
+        offsets = item.offsets
+        count = item.count
+        if isinstance(item, Run):  # the keys: a strided slice of the tokens, taken in C
+            keys = item.toks[4 : count * item.stride : item.stride]
+        else:
+            keys = [args[1] for args in item.commands]
         # Following sentinels, each request may be retried once on its own (a -READONLY
-        # write, a read lost with its connection): the run keeps its bytes for that.
-        pending = RunPending(self, now, deadline, count, run.frame if retry else None)
+        # write, a read lost with its connection): the pending keeps their bytes for that.
+        pending = RunPending(self, now, deadline, count, item.frame if retry else None)
         self.queue.append_run(pending)
         start = offsets[0]
-        for index, key in enumerate(run.toks[4 : count * run.stride : run.stride]):
+        for index, key in enumerate(keys):
             if BRACE in key:
                 key = hash_tag(key)
             conn = conns[slot_owner[xxh3(key) % SLOTS]]

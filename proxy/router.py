@@ -62,6 +62,13 @@ def lookup(name: bytes) -> CommandSpec | None:
     return spec
 
 
+# Both usual spellings of every command known at start, so the hot path's SINGLE_KEY holds them
+# before the first request, not only after a command was once routed the slow way.
+for _name in _ALL_SPECS:
+    lookup(_name.encode())
+    lookup(_name.upper().encode())
+
+
 class Split:
     """Send ``parts`` (shard index, encoded request) and merge the replies in part order."""
 

@@ -143,6 +143,27 @@ class Run:
         return self.toks[start + 2 : start + self.stride : 2]
 
 
+class Batch:
+    """Plain commands of any shapes parsed ahead at once, with their exact bytes: what the
+    proxy takes when a window is not one ``Run`` (a pipeline of GETs and SETs mixed). Command
+    i is ``commands[i]`` and its bytes are ``buf[offsets[i]:offsets[i + 1]]``."""
+
+    __slots__ = ("buf", "commands", "count", "offsets")
+
+    def __init__(self, buf: bytes, commands: list[list[bytes]], offsets: list[int]) -> None:
+        self.buf = buf
+        self.commands = commands
+        self.count = len(commands)
+        self.offsets = offsets
+
+    def frame(self, index: int) -> bytes:
+        """Command ``index``'s exact bytes."""
+        return self.buf[self.offsets[index] : self.offsets[index + 1]]
+
+    def args(self, index: int) -> list[bytes]:
+        return self.commands[index]
+
+
 class RequestParser:
     """Incremental parser for client requests (multibulk or inline).
 
@@ -194,7 +215,7 @@ class RequestParser:
     ) -> None:
         self._limits = limits or RequestLimits()
         self._runs = runs  # the caller takes same-shaped commands as a Run (next_item)
-        self._run: Run | None = None
+        self._run: Run | Batch | None = None
         self._authenticated = authenticated
         self._set_fast_limits()
         self._buf = b""
@@ -325,10 +346,11 @@ class RequestParser:
             raise ProtocolError("too big mbulk count string")
         raise ProtocolError("too big inline request")
 
-    def next_item(self) -> list[bytes] | Run | None:
+    def next_item(self) -> list[bytes] | Run | Batch | None:
         """``next_command`` for a parser made with ``runs=True``: the next commands as one
-        ``Run`` when they are all of one shape, else the next command, else None. A run the
-        caller does not take whole goes back with ``give_back``."""
+        ``Run`` when they are all of one shape, or as a ``Batch`` of plain commands with their
+        bytes, else the next command, else None. A run or batch the caller does not take whole
+        goes back with ``give_back``."""
         batch = self._batch
         if batch:
             return batch.pop()
@@ -348,7 +370,7 @@ class RequestParser:
             return None  # all taken: the common end of a read, without the careful loop's call
         return self._careful()
 
-    def give_back(self, run: Run) -> None:
+    def give_back(self, run: Run | Batch) -> None:
         """A run the caller will not take whole: its commands come out one by one."""
         self._run = run
         self._unrun()
@@ -499,6 +521,7 @@ class RequestParser:
         counts = self._fast_counts.get
         sizes = self._fast_sizes.get
         commands: list[list[bytes]] = []
+        stops: list[int] = []  # the token each command ends before
         i = 0
         lined_up = True  # every whole command in the window was taken
         while i < last:
@@ -519,6 +542,7 @@ class RequestParser:
                     break
             else:
                 commands.append(toks[i + 2 : stop : 2])
+                stops.append(stop)
                 i = stop
                 continue
             break
@@ -539,10 +563,16 @@ class RequestParser:
             self._backoff = 0
         if not commands:
             return False
+        self._first = False
+        if self._runs and len(commands) > 1:
+            # Where each command starts: the token lengths summed in C, plus a CRLF each.
+            sums = list(accumulate(map(len, toks[:i]), initial=pos))
+            self._run = Batch(buf, commands, [pos, *[sums[k] + 2 * k for k in stops]])
+            self._pos = sums[i] + 2 * i
+            return True
         self._pos = pos + sum(map(len, toks[:i])) + 2 * i
         commands.reverse()
         self._batch = commands
-        self._first = False
         return True
 
     def _take_run(self, buf: bytes, pos: int, toks: list[bytes], last: int) -> Run | None:
@@ -602,6 +632,9 @@ class RequestParser:
         run = self._run
         assert run is not None
         self._run = None
+        if isinstance(run, Batch):
+            self._batch = run.commands[::-1]
+            return
         toks = run.toks
         stride = run.stride
         self._batch = [

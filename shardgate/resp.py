@@ -24,6 +24,7 @@ from shardgate.request_parser import (
     DEFAULT_MAX_QUERYBUF,
     UNAUTH_MAX_BULK,
     UNAUTH_MAX_MULTIBULK,
+    Batch,
     ProtocolError,
     RequestLimits,
     RequestParser,
@@ -34,6 +35,7 @@ from shardgate.request_parser import (
 
 __all__ = [
     "ARG_OVERHEAD",
+    "Batch",
     "CRLF",
     "DEFAULT_MAX_BULK",
     "DEFAULT_MAX_INLINE",

@@ -88,13 +88,18 @@ async def _flood(port: int, key: str, count: int) -> list[object]:
     return await _pipeline(port, [key] * count)
 
 
-async def _pipeline(port: int, keys: list[str]) -> list[object]:
-    """GET every key in one write (the proxy takes it as one run) and read every reply."""
+async def _pipeline(port: int, keys: list[str], *, mixed: bool = False) -> list[object]:
+    """GET every key in one write (the proxy takes it as one run) and read every reply; with
+    ``mixed``, every other GET is a SET of the key to its own name (one batch of both)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     reader = hiredis.Reader()
     got: list[object] = []
+    commands = [
+        (b"SET", k.encode(), k.encode()) if mixed and i % 2 else (b"GET", k.encode())
+        for i, k in enumerate(keys)
+    ]
     async with stream:
-        await stream.send_all(b"".join(hiredis.pack_command((b"GET", k.encode())) for k in keys))
+        await stream.send_all(b"".join(hiredis.pack_command(c) for c in commands))  # type: ignore[arg-type]
         while len(got) < len(keys):
             data = await stream.receive_some(65536)
             assert data
@@ -164,9 +169,9 @@ async def test_stopped_backend_times_out_while_others_keep_serving() -> None:
 
 @pytest.mark.slow
 async def test_a_pipelined_run_fails_only_the_requests_of_the_lost_shard() -> None:
-    # One write of GETs across both shards is forwarded as one run; when one shard stalls or
-    # dies, each of its requests gets its own error in its own place and the others their
-    # values, never a shifted or merged reply.
+    # One write of GETs across both shards is forwarded as one run (of GETs and SETs, as one
+    # batch); when one shard stalls or dies, each of its requests gets its own error in its own
+    # place and the others their replies, never a shifted or merged reply.
     with backends("redis", 2) as bs:
         proxy, router = setup(bs)
         try:
@@ -176,14 +181,14 @@ async def test_a_pipelined_run_fails_only_the_requests_of_the_lost_shard() -> No
             await blocking(lambda: proxy.client().mset({k: k for k in keys}))
             assert await _pipeline(proxy.port, keys) == [k.encode() for k in keys]
 
-            def check(got: list[object], error: str) -> None:
+            def check(got: list[object], error: str, mixed: bool = False) -> None:
                 assert len(got) == len(keys)
-                for key, lost, reply in zip(keys, on_one, got, strict=True):
+                for i, (key, lost, reply) in enumerate(zip(keys, on_one, got, strict=True)):
                     if lost:
                         assert isinstance(reply, hiredis.ReplyError), (key, reply)
                         assert error in str(reply), reply
                     else:
-                        assert reply == key.encode()
+                        assert reply == (b"OK" if mixed and i % 2 else key.encode())
 
             bs[1].signal(signal.SIGSTOP)
             try:
@@ -198,6 +203,8 @@ async def test_a_pipelined_run_fails_only_the_requests_of_the_lost_shard() -> No
             await trio.sleep(0.2)  # the proxy sees the connection close
             with trio.fail_after(10):
                 check(await _pipeline(proxy.port, keys), "down")
+                # GETs and SETs mixed in one write: each in its place too
+                check(await _pipeline(proxy.port, keys, mixed=True), "down", mixed=True)
         finally:
             proxy.stop()
 

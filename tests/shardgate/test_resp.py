@@ -25,6 +25,7 @@ from shardgate.resp import (
     DEFAULT_MAX_INLINE,
     UNAUTH_MAX_BULK,
     UNAUTH_MAX_MULTIBULK,
+    Batch,
     ErrorReply,
     ProtocolError,
     Push,
@@ -73,13 +74,12 @@ def run_parser(
                 item = parser.next_item() if runs else parser.next_command()
                 if item is None:
                     break
-                if isinstance(item, Run):
+                if isinstance(item, (Run, Batch)):
                     runs_seen += 1
                     if runs_seen % 2:
                         for i in range(item.count):
                             args = item.args(i)
-                            frame = item.buf[item.offsets[i] : item.offsets[i + 1]]
-                            assert frame == encode_command(args)
+                            assert item.frame(i) == encode_command(args)
                             commands.append(args)
                     else:
                         parser.give_back(item)
@@ -193,6 +193,19 @@ def test_a_uniform_pipeline_is_taken_as_one_run() -> None:
     assert [run.args(i) for i in range(16)] == commands
     assert parser.next_item() is None
     assert parser.idle
+
+
+def test_a_mixed_pipeline_is_taken_as_one_batch_with_each_commands_bytes() -> None:
+    commands = [[b"GET", b"a"], [b"SET", b"b", b"1"], [b"GET", b"c"], [b"INCR", b"d"]]
+    parser = RequestParser(runs=True)
+    parser.feed(b"".join(encode_command(args) for args in commands) + b"*2\r\n$3\r\nGE")
+    batch = parser.next_item()
+    assert isinstance(batch, Batch)
+    assert batch.commands == commands
+    assert [batch.frame(i) for i in range(4)] == [encode_command(args) for args in commands]
+    assert parser.next_item() is None  # the cut-off fifth command stays buffered
+    parser.feed(b"T\r\n$1\r\ne\r\n")
+    assert parser.next_item() == [b"GET", b"e"]
 
 
 def test_a_run_parsed_ahead_is_parsed_again_under_new_limits() -> None:
