@@ -2,14 +2,15 @@
 
 Every merge starts the same way: if any part is an error reply, the whole command's reply is the
 first such error (a backend's own error, or the proxy's timeout / down / busy error). Nothing
-here decodes values: elements are sliced out with ``reply_end`` and reassembled byte for byte.
+here decodes values: elements are sliced out with ``reply_ends`` and reassembled byte for byte.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from shardgate.resp import CRLF, ReplyError, encode_bulk, reply_end
+from proxy.replies import reply_ends
+from shardgate.resp import CRLF, ReplyError, encode_bulk
 
 OK = b"+OK\r\n"
 
@@ -26,23 +27,20 @@ def first_error(parts: list[bytes]) -> bytes | None:
 
 
 def _array_items(reply: bytes) -> list[bytes]:
-    """The raw elements of an array reply (``*N`` or RESP3 set ``~N``)."""
+    """The raw elements of an array reply (``*N`` or RESP3 set ``~N``), cut by the backend
+    reader's framing (``reply_ends``: MGET's run of bulk strings in a few C-level passes)."""
     if reply[:1] not in (b"*", b"~"):
         raise MergeError(f"expected an array, got {reply[:20]!r}")
     nl = reply.find(CRLF)
-    count = int(reply[1:nl])
-    items = []
-    pos = nl + 2
+    count = max(int(reply[1:nl]), 0)
+    body = reply[nl + 2 :]
     try:
-        for _ in range(max(count, 0)):
-            end = reply_end(reply, pos)
-            if end < 0:
-                raise MergeError("truncated array")
-            items.append(reply[pos:end])
-            pos = end
+        ends, _ = reply_ends(body) if body else ([], 0)
     except ReplyError as exc:
         raise MergeError(str(exc)) from None
-    return items
+    if len(ends) < count:
+        raise MergeError("truncated array")
+    return list(map(body.__getitem__, map(slice, [0, *ends[: count - 1]], ends[:count])))
 
 
 def _guard(fn: Callable[..., bytes]) -> Callable[..., bytes]:

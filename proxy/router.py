@@ -28,7 +28,7 @@ from proxy import merge
 from shardgate.commands import COMMANDS, PROXY_ONLY, CommandSpec, Route
 from shardgate.errors import wrong_arity
 from shardgate.resp import encode_command, encode_error
-from shardgate.slots import SLOTS, hash_tag, slot_for_key
+from shardgate.slots import BRACE, SLOTS, hash_tag, slot_for_key
 from shardgate.topology import NodeAddress, Topology
 
 xxh3 = _xxh3 = xxhash.xxh3_64_intdigest
@@ -129,7 +129,7 @@ class Router:
             argc = len(args)
             if argc == arity or (arity < 0 and argc >= -arity):
                 key = args[1]
-                if b"{" in key:
+                if BRACE in key:
                     key = hash_tag(key)
                 return self.slot_owner[_xxh3(key) % SLOTS]
         spec = lookup(args[0])

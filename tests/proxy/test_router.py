@@ -195,3 +195,17 @@ def test_every_command_in_the_table_has_a_decision(spec: object) -> None:
 def test_malformed_shard_reply_becomes_an_error() -> None:
     assert merge.total([b":1\r\n", b"+OK\r\n"]).startswith(b"-ERR proxy could not merge")
     assert merge.mget([b"*1\r\n$1\r\na\r\n"], positions=[[0, 1]]).startswith(b"-ERR")
+    # a part that is not what MGET promises: truncated, a bad length, an unknown type byte
+    for bad in (b"*2\r\n$1\r\na\r\n", b"*1\r\n$x\r\na\r\n", b"*1\r\n?\r\n", b"+OK\r\n"):
+        merged = merge.mget([bad, b"*1\r\n$1\r\nb\r\n"], positions=[[0], [1]])
+        assert merged.startswith(b"-ERR proxy could not merge"), (bad, merged)
+
+
+def test_mget_merge_keeps_every_value_byte_for_byte() -> None:
+    # values of every shape the array framing must cut: nulls, CRLFs inside, big, empty
+    values = [b"$-1\r\n", b"$4\r\na\r\nb\r\n", b"$0\r\n\r\n", b"$5000\r\n" + b"x" * 5000 + b"\r\n"]
+    values += [b"$3\r\nv%02d\r\n" % i for i in range(40)]
+    even, odd = values[0::2], values[1::2]
+    parts = [b"*%d\r\n" % len(even) + b"".join(even), b"*%d\r\n" % len(odd) + b"".join(odd)]
+    positions = [list(range(0, len(values), 2)), list(range(1, len(values), 2))]
+    assert merge.mget(parts, positions=positions) == b"*%d\r\n" % len(values) + b"".join(values)
