@@ -19,6 +19,7 @@ import attrs
 import redis
 
 from shardgate.topology import NodeAddress, Shard, SlotRange, Topology
+from tests.faults.measure import key_in
 from tests.faults.netns import Host, Network
 from tests.faults.processes import Service, Services, fault_proxy
 from tests.procs import free_port, wait_until
@@ -284,6 +285,16 @@ class Cluster:
     def proxy_client(self, index: int = 0, *, timeout: float = 5.0) -> Callable[[], redis.Redis]:
         proxy = self.proxies[index]
         return lambda: proxy.client(timeout=timeout)
+
+    def tags_ready(self) -> dict[str, str]:
+        """A hash tag per shard (keys ``{tag}:…`` land on it), once every proxy has written
+        through every shard."""
+        tags = {n: key_in((s.slots.start, s.slots.end), "tag") for n, s in self.shards.items()}
+        for i in range(len(self.proxies)):
+            r = self.proxy_client(i)()
+            for tag in tags.values():
+                wait_until(partial(r.set, f"{{{tag}}}:ready", 1), 15, "proxy ready")
+        return tags
 
     def best_replica(self, shard: str) -> Service:
         """The replica a sentinel would promote: the highest replication offset."""

@@ -35,7 +35,6 @@ from tests.faults.cluster import (
     semi_and_async_shards,
     wait_until,
 )
-from tests.faults.measure import key_in
 from tests.faults.processes import Services, in_thread
 from tests.faults.workload import Workload, check, workload
 
@@ -61,11 +60,7 @@ async def test_primaries_isolated_with_one_proxy_lose_only_the_bounded_window(
             sentinels=3,
             proxy_args=["--timeout-ms", "3000"],
         ).start()  # fmt: skip
-        tags = {n: key_in((s.slots.start, s.slots.end), "tag") for n, s in cluster.shards.items()}
-        for i in range(2):
-            r = cluster.proxy_client(i)()
-            for tag in tags.values():
-                wait_until(partial(r.set, f"{{{tag}}}:ready", 1), 15, "proxy ready")
+        tags = cluster.tags_ready()  # both proxies serve every shard
         old = {name: shard.primary for name, shard in cluster.shards.items()}
         minority = [*(p.host for p in old.values()), proxy_hosts[0]]
         majority = [h for h in network.hosts.values() if h not in minority and h.index != 0]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ from tests.faults.cluster import (
     wait_until,
 )
 from tests.faults.latency import between, latency_sampler
-from tests.faults.measure import key_in, percentile
+from tests.faults.measure import percentile
 from tests.faults.processes import Services, in_thread
 from tests.faults.workload import Workload, check, workload
 
@@ -64,11 +63,7 @@ async def test_sentinels_fail_a_lost_primary_over_without_loss(
             down_after_ms=DOWN_AFTER_MS,
             proxy_args=["--timeout-ms", "1000"],
         ).start()
-        tags = {n: key_in((s.slots.start, s.slots.end), "tag") for n, s in cluster.shards.items()}
-        for i in range(2):  # both proxies serve both shards
-            r = cluster.proxy_client(i)()
-            for tag in tags.values():
-                wait_until(partial(r.set, f"{{{tag}}}:ready", 1), 15, "proxy ready")
+        tags = cluster.tags_ready()  # both proxies serve every shard
         healthy = next(n for n in cluster.shards if n != victim)
         proxy0 = cluster.proxies[0]
         with contextlib.ExitStack() as stack:
