@@ -1,11 +1,14 @@
 """One pipelined connection to a backend node, shared by every client of this proxy process.
 
 How it works (twemproxy's model, measured fastest in performance-notes.md)
-- Client tasks call ``submit``: the encoded request goes on ``wq`` and ``(pending, part)`` on
-  ``waiters``, in the same order. Nothing awaits; the writer task is woken if it sleeps.
-- The writer task runs once per scheduler batch and sends everything queued in one ``send``.
-- The reader task cuts replies with ``reply_ends`` and pops ``waiters`` in order; each reply
-  completes its client's request, and every client touched by one read is flushed once.
+- The proxy's reactor (``proxy/reactor.py``) queues requests on ``wq`` and ``(pending, part)``
+  on ``waiters``, in the same order, and at the end of its pass sends everything queued for
+  this connection in one ``send`` (``send_now``). Nothing awaits. Requests queued from other
+  tasks (``submit`` outside a reactor pass) wake the writer task, which does the same.
+- ``read_ready`` reads once, cuts replies with ``reply_ends`` and pops ``waiters`` in order;
+  each reply completes its client's request, and every client touched by one read is flushed
+  once. The reactor calls it when the socket is readable (the socket is on its epoll); without
+  a reactor (tests, tools) the reader task does.
 - The timer task fails requests whose deadline passed (they stay in ``waiters`` as placeholders,
   so a late reply is matched to its own request and dropped). ``fail_after`` consecutive
   timeouts drop the connection; while it is not UP, ``submit`` fails requests at once.
@@ -19,7 +22,7 @@ import socket
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,6 +32,9 @@ from proxy.replies import reply_ends
 from shardgate.logs import log_event
 from shardgate.metrics import FastHistogram
 from shardgate.resp import ReplyError, encode_command, reply_end
+
+if TYPE_CHECKING:
+    from proxy.reactor import Reactor
 
 TICK = 0.01  # timeout checks every 10 ms: errors arrive within timeout + ~10 ms
 RECV_SIZE = 256 * 1024
@@ -45,10 +51,15 @@ class BackendLost(Exception):
 
 class BackendConn:
     __slots__ = (
+        "_buf",
         "_expired",
+        "_live",
         "_lost",
         "_napping",
+        "_need",
+        "_rbuf",
         "_reader_task",
+        "_rview",
         "address",
         "busy_error",
         "down_error",
@@ -65,6 +76,7 @@ class BackendConn:
         "on_readonly",
         "on_stale",
         "password",
+        "reactor",
         "requests",
         "role",
         "scope",
@@ -74,6 +86,7 @@ class BackendConn:
         "timeouts",
         "up",
         "waiters",
+        "watched",
         "wq",
         "writer_task",
     )
@@ -95,6 +108,7 @@ class BackendConn:
         on_stale: Callable[[str], None] | None = None,
         on_readonly: Callable[[Any, Pending, int, bytes], bool] | None = None,
         on_lost: Callable[[Any, Pending, int, bytes], bool] | None = None,
+        reactor: Reactor | None = None,
     ) -> None:
         self.address = address
         self.label = label
@@ -115,7 +129,16 @@ class BackendConn:
         self.health = Health(fail_after=fail_after, interval=reconnect_interval)
         self.up = False
         self.sock: socket.socket | None = None  # while connected
-        self.inline = False  # on the client reactor's list of connections to send for
+        # The proxy's reactor reads this connection's socket in its own epoll loop, and sends
+        # what its pass queued (``send_now``); None: the connection's own tasks do both.
+        self.reactor = reactor
+        self.watched = -1  # the fd on the reactor's epoll, while it is
+        self.inline = False  # on the reactor's list of connections to send for
+        self._buf = b""  # reply bytes read but not yet complete
+        self._rbuf = bytearray(RECV_SIZE)  # every read lands here first
+        self._rview = memoryview(self._rbuf)
+        self._need = 0  # bytes the head reply needs before scanning again (large bulks)
+        self._live: trio.CancelScope | None = None  # the live connection's tasks
         self.wq: list[bytes] = []
         self.waiters: deque[tuple[Pending, int]] = deque()
         self._expired = 0  # waiters at the head that already timed out
@@ -137,6 +160,12 @@ class BackendConn:
         self.wq.append(request)
         self.waiters.append((pending, part))
         self.requests += 1
+        reactor = self.reactor
+        if reactor is not None and reactor.serving:
+            if not self.inline:  # sent at the end of the reactor's pass, with the rest
+                self.inline = True
+                reactor.unsent.append(self)
+            return
         task = self.writer_task
         if task is not None:
             self.writer_task = None
@@ -236,9 +265,11 @@ class BackendConn:
                         started = True
                     try:
                         async with trio.open_nursery() as nursery:
+                            self._live = nursery.cancel_scope
                             for task in (self._reader, self._writer, self._timer):
                                 nursery.start_soon(self._guard, task, sock, nursery.cancel_scope)
                     finally:
+                        self._live = None
                         self.up = False
                         self.sock = None
                         sock.close()
@@ -378,106 +409,135 @@ class BackendConn:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _reader(self, sock: socket.socket) -> None:
-        waiters = self.waiters
-        buf = b""
-        need = 0  # bytes the head reply needs before scanning again (large bulks)
+        self._buf = b""
+        self._need = 0
+        reactor = self.reactor
+        if reactor is not None:
+            # The reactor reads this socket in its own epoll loop, and calls ``lose`` on an
+            # error; this task only holds the registration for the connection's lifetime.
+            reactor.watch(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                reactor.forget(self)
+        emptied = False
         streak = 0
+        while True:
+            if emptied:
+                streak = 0
+                await trio.lowlevel.wait_readable(sock)
+            emptied = self.read_ready()
+            if not emptied:
+                streak += 1
+                if streak >= FAIR_BATCHES:
+                    streak = 0
+                    await trio.lowlevel.checkpoint()
+
+    def lose(self, exc: BaseException) -> None:
+        """A read by the reactor failed: what ``_guard`` does for a task, record why and stop
+        the connection's tasks. The socket leaves the reactor's epoll at once."""
+        if self._lost is None:
+            self._lost = _describe(exc)
+        if self.reactor is not None:
+            self.reactor.forget(self)
+        if self._live is not None:
+            self._live.cancel()
+
+    def read_ready(self) -> bool:
+        """Read once and answer every reply now complete; True when the read emptied the
+        socket. Raises ``BackendLost`` (or ``OSError``) when the connection is unusable."""
+        waiters = self.waiters
+        try:
+            # Into a buffer kept for the connection: ``recv(RECV_SIZE)`` would mmap and munmap
+            # a fresh 256 KiB per read (glibc's threshold), three syscalls per reply at -P 1.
+            got = self.sock.recv_into(self._rbuf)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return True
+        if not got:
+            raise BackendLost("connection closed by backend")
+        data = self._rview[:got].tobytes()
+        emptied = got < RECV_SIZE  # a short read emptied the socket
+        buf = self._buf
+        buf = buf + data if buf else data
+        n = len(buf)
+        if n < self._need:
+            self._buf = buf
+            return emptied
+        ends, self._need = reply_ends(buf)
+        if not ends:
+            self._buf = buf
+            return emptied
+        if len(ends) > len(waiters):
+            raise BackendLost("reply with no request waiting")
         # The latency histogram inline (FastHistogram.observe without a call per reply).
         lat_counts = self.latency.counts
         lat_bounds = self.latency.bounds
         lat_sum = 0.0
         answered = False
-        wait = False
-        while True:
-            if wait:
-                await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                streak = 0
-                wait = True
-                continue
-            if not data:
-                raise BackendLost("connection closed by backend")
-            wait = len(data) < RECV_SIZE  # a short read emptied the socket
-            buf = buf + data if buf else data
-            n = len(buf)
-            if n < need:
-                continue
-            ends, need = reply_ends(buf)
-            if not ends:
-                continue
-            if len(ends) > len(waiters):
-                raise BackendLost("reply with no request waiting")
-            touched = []
-            now = trio.current_time()
-            last_started = -1.0
-            took = 0.0
-            bucket = 0
-            pos = 0
-            for end in ends:
-                pending, part = waiters.popleft()
-                if self._expired:
-                    self._expired -= 1  # a late reply: it proves nothing about the timeouts
-                    pos = end
-                    continue
-                answered = True
-                if (
-                    buf[pos] == 45  # '-'
-                    and self.on_readonly is not None
-                    and buf.startswith(b"-READONLY", pos)
-                    and self.on_readonly(self, pending, part, buf[pos:end])
-                ):
-                    pos = end  # the proxy retries it once a newer topology routes it elsewhere
-                    continue
-                # Pending.complete inlined: a single reply, or one part of a run or split.
-                if pending.reply is not None:
-                    pos = end  # already failed (timeout, retry): drop the late reply
-                    continue
-                data = buf[pos:end] if (pos or end != n) else buf
+        touched = []
+        now = trio.current_time()
+        last_started = -1.0
+        took = 0.0
+        bucket = 0
+        pos = 0
+        for end in ends:
+            pending, part = waiters.popleft()
+            if self._expired:
+                self._expired -= 1  # a late reply: it proves nothing about the timeouts
                 pos = end
-                parts = pending.parts
-                if parts is not None:
-                    if parts[part] is not None:
-                        continue
-                    parts[part] = data
-                started = pending.started
-                if started != last_started:  # a run's replies share one bucket: look once
-                    last_started = started
-                    took = now - started
-                    bucket = bisect_left(lat_bounds, took)
-                lat_counts[bucket] += 1
-                lat_sum += took
-                if parts is None:
-                    pending.reply = data
-                else:
-                    pending.remaining -= 1
-                    if pending.remaining:
-                        continue
-                    # every part is filled: merge sees bytes only
-                    pending.reply = pending.merge(parts)  # type: ignore[arg-type,misc]
-                    pending.parts = None
-                owner: Any = pending.owner
-                if not owner.touched:
-                    owner.touched = True
-                    touched.append(owner)
-            if answered:
-                # Only a reply to a request still waiting ends a timeout streak: late replies
-                # to expired requests keep coming from a slow backend (docs/faults.md, 11).
-                self.health.consecutive_timeouts = 0
-                answered = False
-            if lat_sum:
-                self.latency.total += lat_sum
-                lat_sum = 0.0
-            buf = buf[pos:] if pos < n else b""
-            if touched:
-                self.on_flush(touched)
-            if self.health.state is State.RETIRED and not waiters:
-                raise BackendLost("retired")
-            streak += 1
-            if streak >= FAIR_BATCHES and not wait:
-                streak = 0
-                await trio.lowlevel.checkpoint()
+                continue
+            answered = True
+            if (
+                buf[pos] == 45  # '-'
+                and self.on_readonly is not None
+                and buf.startswith(b"-READONLY", pos)
+                and self.on_readonly(self, pending, part, buf[pos:end])
+            ):
+                pos = end  # the proxy retries it once a newer topology routes it elsewhere
+                continue
+            # Pending.complete inlined: a single reply, or one part of a run or split.
+            if pending.reply is not None:
+                pos = end  # already failed (timeout, retry): drop the late reply
+                continue
+            data = buf[pos:end] if (pos or end != n) else buf
+            pos = end
+            parts = pending.parts
+            if parts is not None:
+                if parts[part] is not None:
+                    continue
+                parts[part] = data
+            started = pending.started
+            if started != last_started:  # a run's replies share one bucket: look once
+                last_started = started
+                took = now - started
+                bucket = bisect_left(lat_bounds, took)
+            lat_counts[bucket] += 1
+            lat_sum += took
+            if parts is None:
+                pending.reply = data
+            else:
+                pending.remaining -= 1
+                if pending.remaining:
+                    continue
+                # every part is filled: merge sees bytes only
+                pending.reply = pending.merge(parts)  # type: ignore[arg-type,misc]
+                pending.parts = None
+            owner: Any = pending.owner
+            if not owner.touched:
+                owner.touched = True
+                touched.append(owner)
+        if answered:
+            # Only a reply to a request still waiting ends a timeout streak: late replies
+            # to expired requests keep coming from a slow backend (docs/faults.md, 11).
+            self.health.consecutive_timeouts = 0
+        if lat_sum:
+            self.latency.total += lat_sum
+        self._buf = buf[pos:] if pos < n else b""
+        if touched:
+            self.on_flush(touched)
+        if self.health.state is State.RETIRED and not waiters:
+            raise BackendLost("retired")
+        return emptied
 
     async def _timer(self, _sock: socket.socket) -> None:
         waiters = self.waiters

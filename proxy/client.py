@@ -1,7 +1,7 @@
 """One client connection: parse every complete command, route it, release replies in order.
 
 How it works
-- ``ClientReactor`` (below) watches every client socket with one epoll object; when a client is
+- The proxy's reactor (``proxy/reactor.py``) watches every client socket; when a client is
   readable it reads once, parses every complete command in the buffer, and for each appends a
   ``Pending`` to the client's ``ReplyQueue`` and submits the request to the backend(s). It
   never waits per request.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import select
 import socket
-import time
 from typing import TYPE_CHECKING
 
 import hiredis
@@ -25,17 +24,14 @@ import trio
 from proxy.local import NOAUTH, Action, LocalContext, Session, execute
 from proxy.ordering import Pending, ReplyQueue, RunPending
 from proxy.router import SINGLE_KEY, Local, Reject, Router, Split, is_readonly, xxh3
-from shardgate.logs import log_event
 from shardgate.resp import Batch, ProtocolError, RequestParser, Run
 from shardgate.slots import BRACE, SLOTS, hash_tag
 
 if TYPE_CHECKING:
+    from proxy.reactor import Reactor
     from proxy.server import Proxy
 
 RECV_SIZE = 64 * 1024
-MAX_EVENTS = 256  # clients served per wakeup before other trio tasks get a turn
-TURN = 0.002  # seconds of client work before other trio tasks get a turn
-CLOSE_CHECK = 0.25  # seconds between checks for closing clients past their deadline
 
 
 class ClientConn:
@@ -72,7 +68,7 @@ class ClientConn:
         self.dead = False
         self.closing = False  # QUIT or a protocol error: write what is owed, then close
         self.closing_deadline = 0.0
-        self.reactor: ClientReactor | None = None
+        self.reactor: Reactor | None = None
         self.mask = 0  # the epoll events the reactor watches for this client
 
     # -- called by the reactor ------------------------------------------------------------------
@@ -145,7 +141,7 @@ class ClientConn:
         mask = (select.EPOLLIN if self.reading else 0) | (select.EPOLLOUT if self.writing else 0)
         if mask != self.mask and not self.dead and self.reactor is not None:
             self.mask = mask
-            self.reactor.ep.modify(self.sock.fileno(), mask)
+            self.reactor.modify(self.sock.fileno(), mask)
 
     # -- reading and dispatch -------------------------------------------------------------------
 
@@ -398,95 +394,3 @@ class ClientConn:
         ):
             self.reading = True
             self._watch()
-
-
-class ClientReactor:
-    """Every client of this proxy process served from one trio task: an epoll loop of its own.
-
-    Why: with a trio task per client, each readable client cost a scheduler pass and an epoll
-    re-registration (``epoll_ctl`` once per read); at one request per round trip that was a
-    third of the proxy's CPU per request. Here one task waits on its own epoll object
-    (level-triggered, each client registered once), then serves every ready client in one go.
-    A client's socket is read or written only here or in ``ClientConn.flush`` (called by the
-    backend readers and the flusher, on the same thread), never by two tasks at once.
-    """
-
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.ep = select.epoll()
-        self.clients: dict[int, ClientConn] = {}
-
-    def add(self, client: ClientConn) -> None:
-        fd = client.sock.fileno()
-        client.reactor = self
-        client.mask = select.EPOLLIN
-        self.clients[fd] = client
-        self.ep.register(fd, select.EPOLLIN)
-        self.proxy.stats.clients_connected += 1
-        self.proxy.stats.clients_total += 1
-
-    def remove(self, client: ClientConn) -> None:
-        fd = client.sock.fileno()
-        if self.clients.get(fd) is client:
-            del self.clients[fd]
-            self.proxy.stats.clients_connected -= 1
-            try:
-                self.ep.unregister(fd)
-            except OSError:
-                pass
-
-    async def run(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._close_late)
-                await self._serve()
-        finally:
-            for client in list(self.clients.values()):
-                client.close()
-            self.ep.close()
-
-    async def _serve(self) -> None:
-        ep = self.ep
-        clients = self.clients
-        out_events = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
-        in_events = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
-        clock = time.perf_counter
-        while True:
-            await trio.lowlevel.wait_readable(ep.fileno())
-            events = ep.poll(0, MAX_EVENTS)
-            turn_ends = clock() + TURN
-            for fd, mask in events:
-                if clock() > turn_ends:
-                    # A flood of pipelined requests must not hold the loop: the backend tasks
-                    # (replies for every other client) get a turn (docs/faults.md, 12).
-                    self.proxy.send_unsent()
-                    await trio.lowlevel.checkpoint()
-                    turn_ends = clock() + TURN
-                client = clients.get(fd)
-                if client is None:
-                    continue
-                try:
-                    if client.writing and mask & out_events:
-                        client.on_writable()
-                    if client.reading and mask & in_events and not client.dead:
-                        client.on_readable()
-                    elif mask & (select.EPOLLERR | select.EPOLLHUP) and not client.writing:
-                        client.close()  # not reading (backpressure, closing) and gone
-                except OSError:
-                    client.close()  # the one place a client's socket errors end it
-                except Exception as exc:  # a bug must cost one connection, never the proxy
-                    log_event("client_failed", "error", client=client.session.id, error=repr(exc))
-                    client.close()
-            self.proxy.send_unsent()  # every request of this pass, one send per backend
-            if len(events) == MAX_EVENTS:
-                await trio.lowlevel.checkpoint()  # others get a turn under a flood
-
-    async def _close_late(self) -> None:
-        """Closing clients (QUIT, protocol error) whose owed replies never came: closed after
-        the request timeout + 1 s, as a task per client would have."""
-        while True:
-            await trio.sleep(CLOSE_CHECK)
-            now = trio.current_time()
-            for client in [c for c in self.clients.values() if c.closing]:
-                if now >= client.closing_deadline:
-                    client.close()

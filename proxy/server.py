@@ -36,9 +36,10 @@ import trio
 
 from proxy import metrics
 from proxy.backend import BackendConn
-from proxy.client import ClientConn, ClientReactor
+from proxy.client import ClientConn
 from proxy.config import ClusterSettings, ProxyConfig
 from proxy.ordering import Pending
+from proxy.reactor import Reactor
 from proxy.reads import ReplicaMonitor, ShardReads
 from proxy.replicas import ReadFrom
 from proxy.router import Router, Unrouted, is_readonly
@@ -85,9 +86,10 @@ class Proxy:
         self.next_client_id = 0
         self.reload_lock = trio.Lock()
         self._dirty: list[ClientConn] = []
-        # Backend connections the client reactor queued requests for in its current pass.
+        # Backend connections the reactor queued requests for in its current pass.
         self.unsent: list[BackendConn] = []
-        self.clients = ClientReactor(self)  # every client connection of this process
+        # Every client connection of this process, and every backend connection's replies.
+        self.reactor = Reactor(self)
         self._flusher: trio.lowlevel.Task | None = None
         self.monitor = ReplicaMonitor(
             nursery,
@@ -131,6 +133,7 @@ class Proxy:
             on_stale=self._on_stale,
             on_readonly=self._on_readonly if self.follower is not None else None,
             on_lost=self._on_lost if self.follower is not None else None,
+            reactor=self.reactor,
         )
 
     def _replica_shards(self, topology: Topology) -> list[Shard]:
@@ -365,22 +368,28 @@ class Proxy:
             unsent.pop().send_now()
 
     def _defer_flush(self, clients: list[ClientConn]) -> None:
-        """Clients with new replies: flushed once by the flusher, in the next scheduler batch,
-        so replies from every backend that answered in this batch go out in one send. A client
-        with a single request in flight has nothing to wait for: it is flushed at once, which
-        saves a task switch per request for non-pipelining clients."""
+        """Clients with new replies: flushed once, at the end of the reactor's pass (or by the
+        flusher, in the next scheduler batch, for replies completed outside a pass), so
+        replies from every backend that answered go out in one send. A client with a single
+        request in flight has nothing to wait for: it is flushed at once."""
         dirty = self._dirty
         for client in clients:
             if len(client.queue) == 1:
                 _flush(client)
             else:
                 dirty.append(client)
-        if not dirty:
+        if not dirty or self.reactor.serving:
             return
         task = self._flusher
         if task is not None:
             self._flusher = None
             trio.lowlevel.reschedule(task)
+
+    def flush_dirty(self) -> None:
+        if self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for client in dirty:
+                _flush(client)
 
     async def _flush_loop(self) -> None:
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -392,9 +401,7 @@ class Proxy:
                 self._flusher = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(abort)
                 continue
-            dirty, self._dirty = self._dirty, []
-            for client in dirty:
-                _flush(client)
+            self.flush_dirty()
 
     def backend_list(self) -> Iterable[tuple[BackendConn, str]]:
         topology = self.router.topology
@@ -494,7 +501,7 @@ class Proxy:
                 sock.close()
                 continue
             self.next_client_id += 1
-            self.clients.add(ClientConn(self, sock, self.next_client_id))
+            self.reactor.add(ClientConn(self, sock, self.next_client_id))
 
     # -- introspection --------------------------------------------------------------------------
 
@@ -655,7 +662,7 @@ async def serve(
                     log_event("metrics_failed", "error", port=config.metrics_port, reason=exc)
             nursery.start_soon(proxy._sighup)
             nursery.start_soon(proxy._flush_loop)
-            nursery.start_soon(proxy.clients.run)
+            nursery.start_soon(proxy.reactor.run)
             nursery.start_soon(proxy.accept_loop, lsock)
             host, port = lsock.getsockname()[:2]
             log_event(
