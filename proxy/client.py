@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import select
 import socket
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import hiredis
@@ -83,8 +84,14 @@ class ClientConn:
             return
         parser = self.parser
         try:
-            parser.feed(data)
-            self._dispatch(parser)
+            # One whole command per read (a client waiting for each reply): no buffering, and
+            # the received bytes go to the backend as they are.
+            args = parser.single(data)
+            if args is None:
+                parser.feed(data)
+                self._dispatch(parser)
+            else:
+                self._dispatch(parser, args, data)
         except ProtocolError as exc:
             self.proxy.stats.protocol_errors += 1
             if not exc.silent:
@@ -145,7 +152,11 @@ class ClientConn:
 
     # -- reading and dispatch -------------------------------------------------------------------
 
-    def _dispatch(self, parser: RequestParser) -> None:
+    def _dispatch(
+        self, parser: RequestParser, single_args: list[bytes] | None = None, raw: bytes = b""
+    ) -> None:
+        """Every command ``parser`` has ready, or only ``single_args`` (whose exact bytes are
+        ``raw``) when ``RequestParser.single`` took the read."""
         proxy = self.proxy
         router = proxy.router
         conns = proxy.shard_conns
@@ -159,7 +170,9 @@ class ClientConn:
         pack = hiredis.pack_command
         reads = proxy.reads
         retry = proxy.follower is not None
-        next_item = parser.next_item
+        items: Iterable[list[bytes] | Run | Batch] = (
+            iter(parser.next_item, None) if single_args is None else (single_args,)
+        )
         # The hot path, inlined (measured: a route() and a submit() call per request were a
         # tenth of the proxy's CPU at -P 16): a single-key command from an authenticated
         # client, forwarded to its shard's primary. Anything else takes the general path.
@@ -168,7 +181,7 @@ class ClientConn:
         slot_owner = router.slot_owner if type(router) is Router else ()
         unsent = proxy.unsent
         runs = fast  # runs of same-shaped commands go whole, as one RunPending
-        while (args := next_item()) is not None:
+        for args in items:
             if not isinstance(args, list):  # a Run or a Batch: several commands at once
                 if runs and self._forward_many(args, single, counts):
                     self._forward(args, now, deadline, retry)
@@ -188,7 +201,7 @@ class ClientConn:
                     if conn.up and len(conn.waiters) < conn.max_queue:
                         pending = Pending(self, now, deadline)
                         append(pending)
-                        request = pack(tuple(args))  # type: ignore[arg-type]
+                        request = raw or pack(tuple(args))  # type: ignore[arg-type]
                         if retry:
                             pending.retry = request  # kept for one retry after a -READONLY
                         conn.wq.append(request)

@@ -7,15 +7,17 @@ Why a loop of our own inside trio (measured in docs/performance.md, "The reactor
   ready socket in one pass.
 - Backend sockets are on it too, so a request through an idle proxy is two passes of this loop
   (its client readable, then its backend readable) and nothing else.
-- While traffic flows the loop blocks in its own epoll (``HOT_WAIT``) instead of going back
-  through trio's between passes. On the VMs we run on, a trio pass (its ``epoll_wait``, the
-  re-arm, the scheduling) cost 30-50 µs of a request's latency at one client. Trio's other
-  tasks still get their turn: at once when one of them is woken (an instrument sees every
-  reschedule) or when trio's own epoll has an event (its fd is on ``hot_ep``: the listener,
-  sentinels, signals, a writer waiting for room), and at least every ``YIELD`` for timers.
-  After ``HOT_WAIT`` with nothing to do the loop waits through trio again (on ``ep``, which
-  has every socket but not trio's fd: one epoll inside the other both ways is a loop the
-  kernel refuses), so idle costs nothing.
+- While traffic flows the loop blocks in its own epoll instead of going back through trio's
+  between passes. On the VMs we run on, a trio pass (its ``epoll_wait``, the re-arm, the
+  scheduling) cost 30-50 µs of a request's latency at one client. Trio's other tasks still get
+  their turn: at once when one of them is woken (an instrument sees every reschedule) or when
+  trio's own epoll has an event (its fd is on ``hot_ep``: the listener, sentinels, signals, a
+  writer waiting for room), and on every ``TICK`` of a periodic timerfd for trio's timers.
+- That wait has no timeout: a timeout arms and cancels a kernel timer per wait, which cost
+  another 20-30 µs per request here (``proxy/ticker.py``).
+- A tick with nothing but ticks since the last one ends the busy wait: the loop waits through
+  trio again (on ``ep``, which has every socket but not trio's fd: one epoll inside the other
+  both ways is a loop the kernel refuses), and the timer stops, so idle costs nothing.
 
 A socket is read or written only here or from code this loop (or a trio task on the same
 thread) calls, never by two tasks at once.
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from proxy.backend import BackendLost
+from proxy.ticker import Ticker
 from shardgate.logs import log_event
 from shardgate.resp import ReplyError
 
@@ -40,8 +43,7 @@ if TYPE_CHECKING:
 
 MAX_EVENTS = 256  # sockets served per pass
 TURN = 0.002  # seconds of client work in one pass before backends and other tasks get a turn
-HOT_WAIT = 0.002  # seconds the loop blocks in its own epoll after a pass that had work
-YIELD = 0.005  # while busy, the longest other trio tasks wait for a turn (timers, sentinels)
+TICK = 0.005  # while busy, trio's timers wait at most this long; a quiet tick ends the busy wait
 CLOSE_CHECK = 0.25  # seconds between checks for closing clients past their deadline
 OUT_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 IN_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
@@ -51,8 +53,12 @@ class Reactor:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.ep = select.epoll()  # every socket: trio waits on it while the loop is idle
-        self.hot_ep = select.epoll()  # the same sockets and trio's epoll: the busy loop's
+        self.hot_ep = select.epoll()  # the same sockets, trio's epoll and the ticker
         self.trio_fd = -1
+        self.ticker = Ticker(TICK)
+        self.hot_ep.register(self.ticker.fd, select.EPOLLIN)
+        self.ticked = False  # a tick came: trio's timers get a turn
+        self.work = 0  # events served other than ticks, to tell a quiet tick
         self.clients: dict[int, ClientConn] = {}
         self.backends: dict[int, BackendConn] = {}
         # Backend connections this pass queued requests for: one send each at its end.
@@ -132,34 +138,50 @@ class Reactor:
                 client.close()
             self.ep.close()
             self.hot_ep.close()
+            self.ticker.close()
 
     async def _serve(self) -> None:
         ep = self.ep
         hot_ep = self.hot_ep
-        clock = time.perf_counter
+        ticker = self.ticker
         hot = False
-        yield_at = 0.0
+        work_at_tick = 0
         while True:
             if hot:
-                if self.runnable or self.trio_ready or clock() >= yield_at:
+                if self.runnable or self.trio_ready or self.ticked:
+                    if self.ticked:
+                        self.ticked = False
+                        if self.work == work_at_tick:  # a quiet tick: wait through trio
+                            hot = False
+                            ticker.stop()
+                            continue
+                        work_at_tick = self.work
                     self.trio_ready = False
                     await trio.lowlevel.checkpoint()
-                    yield_at = clock() + YIELD
                 # Blocking here holds trio's loop: only while nothing else is runnable, and
-                # for at most HOT_WAIT (trio's timers wait at most that long).
-                wait = 0 if self.runnable else HOT_WAIT
-                events = hot_ep.poll(wait, MAX_EVENTS)
+                # until the next event, trio's or a tick at the latest.
+                events = hot_ep.poll(0 if self.runnable else -1, MAX_EVENTS)
                 if not events:
-                    hot = wait == 0  # idle for HOT_WAIT: wait through trio from now on
                     continue
             else:
                 await trio.lowlevel.wait_readable(ep.fileno())
                 events = ep.poll(0, MAX_EVENTS)
                 hot = True
-                yield_at = clock() + YIELD
+                ticker.start()
+                work_at_tick = self.work
+            self.work += len(events)
             self.serving = True
             try:
-                await self._pass(events)
+                done = self._pass(events, 0)
+                while done < len(events):
+                    # A flood of pipelined requests must not hold the loop: the backends'
+                    # replies (for every other client) and trio's tasks (timeouts) get a turn
+                    # (docs/faults.md, 12).
+                    self.end_pass()
+                    self._read_backends()
+                    self.end_pass()
+                    await trio.lowlevel.checkpoint()
+                    done = self._pass(events, done)
             finally:
                 self.serving = False
                 self.end_pass()
@@ -170,30 +192,31 @@ class Reactor:
         self.proxy.send_unsent()
         self.proxy.flush_dirty()
 
-    async def _pass(self, events: list[tuple[int, int]]) -> None:
+    def _pass(self, events: list[tuple[int, int]], start: int) -> int:
+        """Serve ``events`` from ``start``; returns where it stopped: the end, or the first
+        event not served because this turn used up ``TURN``."""
         clients = self.clients
         backends = self.backends
         clock = time.perf_counter
         turn_ends = clock() + TURN
-        for fd, mask in events:
-            if clock() > turn_ends:
-                # A flood of pipelined requests must not hold the loop: the backends' replies
-                # (for every other client) and trio's tasks (timeouts) get a turn
-                # (docs/faults.md, 12).
-                self.end_pass()
-                self._read_backends()
-                self.end_pass()
-                await trio.lowlevel.checkpoint()
-                turn_ends = clock() + TURN
+        for index in range(start, len(events)):
+            fd, mask = events[index]
             client = clients.get(fd)
             if client is not None:
                 self._serve_client(client, mask)
-                continue
-            conn = backends.get(fd)
-            if conn is not None:
-                self._serve_backend(conn)
-            elif fd == self.trio_fd:
-                self.trio_ready = True  # trio has a socket or signal to see to: its turn next
+            else:
+                conn = backends.get(fd)
+                if conn is not None:
+                    self._serve_backend(conn)
+                elif fd == self.trio_fd:
+                    self.trio_ready = True  # trio has a socket or signal to see to: its turn
+                elif fd == self.ticker.fd:
+                    self.ticker.drain()
+                    self.ticked = True
+                    self.work -= 1
+            if clock() > turn_ends:
+                return index + 1
+        return len(events)
 
     def _read_backends(self) -> None:
         for fd, _ in self.ep.poll(0, MAX_EVENTS):
@@ -258,7 +281,7 @@ class _Wakes(trio.abc.Instrument):
 def trio_epoll_fd() -> int | None:
     """The fd of trio's own epoll object (Linux), so trio's events end a busy wait. Trio has no
     public API for it; if its internals change this gives None and trio's sockets wait for the
-    next ``YIELD`` instead (``test_reactor.py`` fails, to say so)."""
+    next ``TICK`` instead (``test_reactor.py`` fails, to say so)."""
     try:
         runner = trio._core._run.GLOBAL_RUN_CONTEXT.runner
         return int(runner.io_manager._epoll.fileno())

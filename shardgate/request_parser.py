@@ -281,6 +281,33 @@ class RequestParser:
             and not self._remaining
         )
 
+    def single(self, data: bytes) -> list[bytes] | None:
+        """The command, when ``data`` (just received) is exactly one whole plain multibulk and
+        nothing is buffered: a client that waits for each reply sends one command per read.
+        One split, no buffering, no run or batch. Otherwise None and nothing is consumed:
+        ``feed`` it as usual. Where it gives a command, ``feed`` then ``next_item`` give the
+        same one (the tests check it), since only what the fast tables accept is taken."""
+        if (
+            data[:1] != b"*"
+            or self._pos < len(self._buf)
+            or self._chunks
+            or self._remaining
+            or self._batch
+            or self._run is not None
+            or len(data) > self._limits.max_querybuf
+        ):
+            return None
+        toks = data.split(CRLF)
+        count = self._fast_counts.get(toks[0])
+        if count is None or len(toks) != 2 * count + 2 or toks[-1]:
+            return None
+        sizes = self._fast_sizes.get
+        for j in range(1, 2 * count, 2):
+            if sizes(toks[j]) != len(toks[j + 1]):  # None (not a small header) never equals
+                return None
+        self._first = False
+        return toks[2::2]
+
     def commands_taken_elsewhere(self) -> None:
         """The caller answered complete multibulk commands from this stream without the parser
         (the store node's fast path) while it was ``idle``: the stream has started."""

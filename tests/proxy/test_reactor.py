@@ -1,13 +1,15 @@
 """The reactor's busy wait (``proxy/reactor.py``) never holds trio's other work.
 
-Each test makes ``HOT_WAIT`` a minute, so a busy wait that the event under test fails to end
-shows as a stuck request (a socket timeout), not as a few slow milliseconds. The proxy runs in
-this test's own trio loop, so its reactor shares the loop with the test's tasks.
+Most tests make the reactor's ``TICK`` a minute, so a busy wait that the event under test
+fails to end shows as a stuck request (a socket timeout), not as a few slow milliseconds. The
+proxy runs in this test's own trio loop, so its reactor shares the loop with the test's tasks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ import trio
 from proxy import reactor
 from proxy.config import ProxyConfig
 from proxy.server import serve
+from proxy.ticker import Ticker
 from shardgate.topology import NodeAddress
 from tests.proxy.conftest import Backend
 
@@ -27,7 +30,13 @@ STUCK = 60.0  # a busy wait nothing ends lasts this long
 
 @pytest.fixture
 async def proxy_port(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
-    monkeypatch.setattr(reactor, "HOT_WAIT", STUCK)
+    monkeypatch.setattr(reactor, "TICK", STUCK)
+    async with running_proxy() as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def running_proxy() -> AsyncIterator[int]:
     backend = Backend("redis").start()
     try:
         config = ProxyConfig(port=0, backends=(NodeAddress("127.0.0.1", backend.port),))
@@ -76,9 +85,14 @@ async def test_a_task_woken_by_a_pass_runs_at_once(proxy_port: int) -> None:
     assert answers
 
 
-async def test_timers_run_while_clients_keep_it_busy(proxy_port: int) -> None:
+async def test_timers_run_while_clients_keep_it_busy() -> None:
     """A thread's client keeps the reactor busy without a pause; a trio timer still fires
-    (``YIELD``), well before the thread gives up on its own."""
+    (on a ``TICK``), well before the thread gives up on its own."""
+    async with running_proxy() as port:
+        await _timer_fires_under_load(port)
+
+
+async def _timer_fires_under_load(proxy_port: int) -> None:
     stop = threading.Event()
     busy = trio.Event()
     served = [0]
@@ -105,3 +119,17 @@ async def test_timers_run_while_clients_keep_it_busy(proxy_port: int) -> None:
         stop.set()
     assert served[0] > before  # the client was served while the timer waited
     assert stopped_by_timer == [True]
+
+
+def test_the_ticker_ticks_until_stopped() -> None:
+    ticker = Ticker(0.01)
+    try:
+        assert ticker.drain() == 0  # not started
+        ticker.start()
+        ready = select.select([ticker.fd], [], [], 5)[0]
+        assert ready == [ticker.fd]
+        assert ticker.drain() >= 1
+        ticker.stop()
+        assert select.select([ticker.fd], [], [], 0.05)[0] == []
+    finally:
+        ticker.close()

@@ -588,6 +588,53 @@ resp_soup = st.lists(st.one_of(resp_tokens, st.binary(max_size=8)), max_size=40)
 
 
 @SETTINGS
+@given(
+    st.one_of(
+        command_args.map(encode_command),
+        st.tuples(command_args, command_args).map(
+            lambda c: encode_command(c[0]) + encode_command(c[1])
+        ),
+        command_args.map(lambda a: encode_command(a)[:-1]),  # cut short
+        st.one_of(resp_soup, st.binary(max_size=60)),
+    ),
+    st.booleans(),
+    st.sampled_from([b"", b"*2\r\n$3\r\nGET\r\n", b"*1\r\n$4\r\nPI"]),
+)
+def test_single_takes_only_what_feed_would_give_as_one_command(
+    data: bytes, authenticated: bool, held: bytes
+) -> None:
+    """``single`` (one whole command per read, nothing buffered) gives exactly the command
+    ``feed`` + ``next_item`` would, and nothing at all when there is anything else."""
+    parser = RequestParser(authenticated=authenticated, runs=True)
+    parser.feed(held)
+    taken = parser.single(data)
+    if held or taken is None:
+        assert taken is None
+        return
+    expected, error, _ = run_parser([data], authenticated=authenticated, runs=True)
+    assert error is None
+    assert expected == [taken]
+    assert parser.idle
+    # The stream goes on as if the command had been fed: the next one parses as usual.
+    parser.feed(b"*1\r\n$4\r\nPING\r\n")
+    assert parser.next_item() == [b"PING"]
+
+
+def test_single_leaves_what_needs_the_careful_parser() -> None:
+    parser = RequestParser(RequestLimits(max_bulk=8))
+    assert parser.single(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n") == [b"GET", b"k"]
+    assert parser.single(b"*2\r\n$3\r\nGET\r\n$9\r\nkkkkkkkkk\r\n") is None  # over max_bulk
+    assert parser.single(b"*2\r\n$3\r\nGET\r\n$01\r\nk\r\n") is None  # not canonical
+    assert parser.single(b"*2\r\n$3\r\nGET\r\n$2\r\nk\r\r\n") == [b"GET", b"k\r"]
+    assert parser.single(b"*2\r\n$3\r\nGET\r\n$3\r\nk\r\n\r\n") is None  # a CRLF in the value
+    assert parser.single(b"GET k\r\n") is None  # inline
+    assert parser.single(b"*0\r\n") is None
+    unauthenticated = RequestParser(authenticated=False)
+    many = encode_command([b"MSET", *([b"k"] * (UNAUTH_MAX_MULTIBULK + 1))])
+    assert unauthenticated.single(many) is None  # over the pre-auth argument count
+
+
+@SETTINGS
 @given(st.one_of(st.binary(max_size=300), resp_soup), st.data())
 def test_random_streams_only_raise_protocol_error_and_stay_bounded(
     stream: bytes, data: st.DataObject
