@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 TICK = 0.01  # timeout checks every 10 ms: errors arrive within timeout + ~10 ms
 RECV_SIZE = 256 * 1024
 FAIR_BATCHES = 8  # successful reads in a row before yielding to other tasks
+_READ_BUF = bytearray(RECV_SIZE)  # where every backend read lands first (``read_ready``)
+_READ_VIEW = memoryview(_READ_BUF)
 
 
 class BackendLost(Exception):
@@ -57,9 +59,7 @@ class BackendConn:
         "_lost",
         "_napping",
         "_need",
-        "_rbuf",
         "_reader_task",
-        "_rview",
         "address",
         "busy_error",
         "down_error",
@@ -135,8 +135,6 @@ class BackendConn:
         self.watched = -1  # the fd on the reactor's epoll, while it is
         self.inline = False  # on the reactor's list of connections to send for
         self._buf = b""  # reply bytes read but not yet complete
-        self._rbuf = bytearray(RECV_SIZE)  # every read lands here first
-        self._rview = memoryview(self._rbuf)
         self._need = 0  # bytes the head reply needs before scanning again (large bulks)
         self._live: trio.CancelScope | None = None  # the live connection's tasks
         self.wq: list[bytes] = []
@@ -448,14 +446,15 @@ class BackendConn:
         socket. Raises ``BackendLost`` (or ``OSError``) when the connection is unusable."""
         waiters = self.waiters
         try:
-            # Into a buffer kept for the connection: ``recv(RECV_SIZE)`` would mmap and munmap
-            # a fresh 256 KiB per read (glibc's threshold), three syscalls per reply at -P 1.
-            got = self.sock.recv_into(self._rbuf)  # type: ignore[union-attr]
+            # Into one buffer the process keeps: ``recv(RECV_SIZE)`` would mmap and munmap a
+            # fresh 256 KiB per read (glibc's threshold), three syscalls per reply at -P 1. One
+            # for all connections: every read is copied out before anything else runs.
+            got = self.sock.recv_into(_READ_BUF)  # type: ignore[union-attr]
         except BlockingIOError:
             return True
         if not got:
             raise BackendLost("connection closed by backend")
-        data = self._rview[:got].tobytes()
+        data = _READ_VIEW[:got].tobytes()
         emptied = got < RECV_SIZE  # a short read emptied the socket
         buf = self._buf
         buf = buf + data if buf else data
