@@ -162,7 +162,7 @@ class BackendConn:
         if reactor is not None and reactor.serving:
             if not self.inline:  # sent at the end of the reactor's pass, with the rest
                 self.inline = True
-                reactor.unsent.append(self)
+                reactor.proxy.unsent.append(self)
             return
         task = self.writer_task
         if task is not None:
@@ -418,6 +418,7 @@ class BackendConn:
                 await trio.sleep_forever()
             finally:
                 reactor.forget(self)
+            return  # not reached: sleep_forever ends only by cancellation
         emptied = False
         streak = 0
         while True:

@@ -61,8 +61,6 @@ class Reactor:
         self.work = 0  # events served other than ticks, to tell a quiet tick
         self.clients: dict[int, ClientConn] = {}
         self.backends: dict[int, BackendConn] = {}
-        # Backend connections this pass queued requests for: one send each at its end.
-        self.unsent = proxy.unsent
         self.serving = False  # inside a pass: replies and requests wait for its end
         # Other trio tasks scheduled and not yet run (the instrument counts them), and whether
         # trio's own epoll has events: either way trio gets a turn before this loop blocks.
